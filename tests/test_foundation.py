@@ -87,7 +87,8 @@ def test_bench_ratios_pair_each_variant_with_each_baseline_within_its_group():
 
 def test_bench_report_reads_a_results_file(tmp_path, capsys):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"benchmarks": [_bench("a", "g", 2.0, "slow", True), _bench("b", "g", 0.5, "fast", False)]}))
+    benches = [_bench("a", "g", 2.0, "slow", True), _bench("b", "g", 0.5, "fast", False)]
+    path.write_text(json.dumps({"benchmarks": benches}))
     assert main(["bench", "--report", str(path)]) == 0
     assert "4.00x" in capsys.readouterr().out
 
