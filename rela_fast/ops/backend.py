@@ -41,15 +41,22 @@ class KernelFamily:
 
     def implementation(self, backend: str) -> Callable[..., Any]:
         """The callable for ``backend`` (imported on first use; triton modules once per interpret mode)."""
-        key = (backend, backend == "triton" and triton_interpret())
-        if key not in self._loaded:
-            module_name, attr = self.impls[backend].split(":")
-            module = importlib.import_module(module_name)
-            if backend == "triton" and getattr(module, "_INTERPRET", None) != key[1]:
-                # @triton.jit reads TRITON_INTERPRET when the kernel is defined: reload on a change.
-                module = importlib.reload(module)
-                module._INTERPRET = key[1]
-            self._loaded[key] = getattr(module, attr)
+        interpret = backend == "triton" and triton_interpret()
+        key = (backend, interpret)
+        module_name, attr = self.impls[backend].split(":")
+        cached = self._loaded.get(key)
+        current = backend != "triton" or getattr(sys.modules.get(module_name), "_INTERPRET", None) == interpret
+        if cached is not None and current:
+            return cached
+        module = importlib.import_module(module_name)
+        if backend == "triton" and getattr(module, "_INTERPRET", None) != interpret:
+            # @triton.jit reads TRITON_INTERPRET when a kernel is defined: re-import the module in the
+            # current mode (functions cached for the other mode share its globals, hence the check above).
+            # Triton's own jit'd helpers (tl.sum, tl.zeros, ...) are defined once, when triton is first
+            # imported, so kernels meant to run in both modes use builtins and the family's own helpers.
+            module = importlib.reload(module)
+            module._INTERPRET = interpret
+        self._loaded[key] = getattr(module, attr)
         return self._loaded[key]
 
 

@@ -1,0 +1,77 @@
+"""What one training step optimises: the student (backbone, transfer head, method heads, online classifier).
+
+:class:`Student` is one module so that DDP synchronises every trainable piece and one forward computes
+the whole loss: ``lam x`` the ReLA loss (fused :func:`rela_fast.transfer_loss`; per-sample weighted for
+InfoBatch) ``+ (1 - lam) x`` the method's loss, plus the online classifier's cross-entropy on detached
+features (monitoring only: no gradient reaches the backbone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rela_fast.train.methods import Method
+
+
+def weighted_transfer_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           targets: torch.Tensor, sample_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ReLA loss with per-sample weights (InfoBatch): ``mean_i(w_i * mean_v(1 - cos))`` and per-sample
+    losses; same eps convention as :func:`rela_fast.transfer_loss` (unfused: weights need per-sample grads)."""
+    from rela_fast.ops.transfer_loss.reference import eps_for
+
+    pred = F.linear(h, weight, bias)
+    eps = eps_for(pred.dtype)
+    p = pred.float().view(-1, *targets.shape)
+    y = targets.detach().float()
+    cos = (p * y).sum(-1) / (p.norm(dim=-1).clamp_min(eps) * y.norm(dim=-1).clamp_min(eps))
+    per = (1 - cos).mean(0)
+    return (per * sample_weights.float()).mean(), per.detach()
+
+
+class Student(nn.Module):
+    """Everything trained: backbone, transfer head, method heads, online classifier; one forward = the loss.
+
+    Wrapped in DDP as a whole, so every trainable piece is synchronised; ``forward`` takes ``lam`` (the
+    ReLA weight from the hand-over rule) and returns ``(total_loss, stats)``.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, method: Method,
+                 classifier: nn.Module | None, compiled: Any = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.method = method
+        self.classifier = classifier
+        self.__dict__["encode"] = compiled if compiled is not None else backbone
+
+    def forward(self, v1, v2, y, labels, weights, lam: float):
+        from rela_fast.ops.transfer_loss import transfer_loss
+
+        b = v1.shape[0]
+        h = self.encode(torch.cat([v1, v2]))
+        total = h.new_zeros((), dtype=torch.float32)
+        stats: dict[str, Any] = {}
+        if lam > 0:
+            w, bias = self.head.weight, self.head.bias
+            w = w.to(h.dtype)
+            bias = bias.to(h.dtype) if bias is not None else None
+            if weights is None:
+                rela, per = transfer_loss(h, w, bias, y)
+            else:
+                rela, per = weighted_transfer_loss(h, w, bias, y, weights)
+            total = total + lam * rela.float()
+            stats["rela_loss"], stats["per_sample"] = rela.detach().float(), per
+        if lam < 1:
+            m = self.method.loss(h[:b], h[b:], v1, v2, labels=labels, weights=weights)
+            total = total + (1 - lam) * m.float()
+            stats["method_loss"] = m.detach().float()
+        stats["loss"] = total.detach()  # the training objective (the monitoring classifier's CE is apart)
+        if self.classifier is not None and labels is not None:
+            logits = self.classifier(h[:b].detach().float())
+            total = total + F.cross_entropy(logits, labels)
+            stats["correct"] = (logits.argmax(1) == labels).sum().detach()
+        return total, stats
