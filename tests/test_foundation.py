@@ -43,6 +43,16 @@ def test_info_json_names_backend_per_family_and_device(capsys):
         assert per_device["cpu"] in ("cpp", "reference")
 
 
+def test_help_of_every_subcommand_renders(capsys):
+    from rela_fast.cli import _subcommands
+
+    for argv in [["--help"]] + [[name, "--help"] for name in _subcommands()]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0, argv
+        assert "usage: rela-fast" in capsys.readouterr().out
+
+
 def test_console_script_runs_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-m", "rela_fast", "info"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rela-fast", description="ReLA data converter and training accelerator")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in sorted(_subcommands().items()):
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -15,11 +15,11 @@ from rela_fast.train.handover import HandOver
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, make_loader
 from rela_fast.train.methods import BYOL, DINO, Method, SimCLR, Supervised, create_method
 from rela_fast.train.metrics import MetricsLog, plot_metrics, read_metrics
-from rela_fast.train.trainer import ReLATrainer, TrainResult, weighted_transfer_loss
+from rela_fast.train.trainer import ReLATrainer, TrainResult
 
 __all__ = [
     "BYOL", "BatchPhotometric", "ConvNet", "DINO", "DaliTwoViewLoader", "HandOver", "Method", "MetricsLog",
     "ReLATrainer", "SimCLR", "Supervised", "TrainResult", "TwoViewDataset", "ViewSpec", "build_torchvision",
     "create_backbone", "create_method", "crop_flip", "eval_transform", "load_backbone", "load_checkpoint",
-    "make_loader", "plot_metrics", "read_metrics", "save_checkpoint", "two_views", "weighted_transfer_loss",
+    "make_loader", "plot_metrics", "read_metrics", "save_checkpoint", "two_views",
 ]

@@ -17,21 +17,6 @@ from torch import nn
 from rela_fast.train.methods import Method
 
 
-def weighted_transfer_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                           targets: torch.Tensor, sample_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ReLA loss with per-sample weights (InfoBatch): ``mean_i(w_i * mean_v(1 - cos))`` and per-sample
-    losses; same eps convention as :func:`rela_fast.transfer_loss` (unfused: weights need per-sample grads)."""
-    from rela_fast.ops.transfer_loss.reference import eps_for
-
-    pred = F.linear(h, weight, bias)
-    eps = eps_for(pred.dtype)
-    p = pred.float().view(-1, *targets.shape)
-    y = targets.detach().float()
-    cos = (p * y).sum(-1) / (p.norm(dim=-1).clamp_min(eps) * y.norm(dim=-1).clamp_min(eps))
-    per = (1 - cos).mean(0)
-    return (per * sample_weights.float()).mean(), per.detach()
-
-
 class Student(nn.Module):
     """Everything trained: backbone, transfer head, method heads, online classifier; one forward = the loss.
 
@@ -59,10 +44,7 @@ class Student(nn.Module):
             w, bias = self.head.weight, self.head.bias
             w = w.to(h.dtype)
             bias = bias.to(h.dtype) if bias is not None else None
-            if weights is None:
-                rela, per = transfer_loss(h, w, bias, y)
-            else:
-                rela, per = weighted_transfer_loss(h, w, bias, y, weights)
+            rela, per = transfer_loss(h, w, bias, y, sample_weights=weights)
             total = total + lam * rela.float()
             stats["rela_loss"], stats["per_sample"] = rela.detach().float(), per
         if lam < 1:

@@ -43,10 +43,9 @@ from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, auto_image
 from rela_fast.train.methods import Method, create_method
 from rela_fast.train.metrics import MetricsLog, plot_metrics
 from rela_fast.train.optim import build_optimizer, lr_at
-from rela_fast.train.student import Student, weighted_transfer_loss
+from rela_fast.train.student import Student
 
-__all__ = ["ReLATrainer", "Student", "TrainResult", "build_optimizer", "init_distributed", "lr_at",
-           "weighted_transfer_loss"]
+__all__ = ["ReLATrainer", "Student", "TrainResult", "build_optimizer", "init_distributed", "lr_at"]
 
 CHECKPOINT_FORMAT = "rela_fast.train/1"
 # Test hook: SIGKILL this process right after optimiser step N (resume tests).
