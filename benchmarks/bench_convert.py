@@ -32,7 +32,7 @@ import torch
 pytest.importorskip("timm")
 pytest.importorskip("skimage")
 
-from rela_fast.convert import convert  # noqa: E402
+from rela_fast.conversion import convert  # noqa: E402
 from rela_fast.encoder import REGISTRY, create_prior  # noqa: E402
 
 N = int(os.environ.get("RELA_BENCH_CONVERT_N", "128"))

@@ -22,7 +22,7 @@ _EXPORTS = {
     "select_subset": "rela_fast.subset",
     "EpochSubset": "rela_fast.subset",
     "prior_scores": "rela_fast.subset",
-    "convert": "rela_fast.convert",
+    "convert": "rela_fast.conversion",
     "load_targets": "rela_fast.targets",
     "TargetStore": "rela_fast.targets",
     "create_prior": "rela_fast.encoder",

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from rela_fast.cli import main as cli_main
-from rela_fast.convert import KILL_AFTER_ROWS_ENV, convert
+from rela_fast.conversion import KILL_AFTER_ROWS_ENV, convert
 from rela_fast.errors import UserError
 from rela_fast.targets import load_targets
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from rela_fast.convert import convert
+from rela_fast.conversion import convert
 from rela_fast.data.synthetic import make_jpeg_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,9 +59,17 @@ def test_console_script_runs_in_a_fresh_process():
     assert "cpp_extension" in proc.stdout
 
 
-def test_every_public_name_resolves():
+def test_every_public_name_resolves_even_after_all_submodules_are_imported():
+    import importlib
+    import pkgutil
+    import types
+
+    for info in pkgutil.walk_packages(rela_fast.__path__, "rela_fast."):
+        if ".cli." not in info.name and not info.name.endswith(("__main__", "triton_kernels")):
+            importlib.import_module(info.name)
     for name in rela_fast.__all__:
-        assert getattr(rela_fast, name) is not None, name
+        value = getattr(rela_fast, name)
+        assert not isinstance(value, types.ModuleType), f"rela_fast.{name} is shadowed by a submodule"
 
 
 def test_unknown_public_name_is_an_attribute_error():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from rela_fast.convert import convert
+from rela_fast.conversion import convert
 from rela_fast.data import open_source
 from rela_fast.errors import UserError
 from rela_fast.targets import SCHEMA_VERSION, StoreWriter, TargetStore, load_targets

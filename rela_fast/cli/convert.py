@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rela_fast.convert import convert, init_distributed_from_env
+    from rela_fast.conversion import convert, init_distributed_from_env
     from rela_fast.errors import UserError
 
     src = args.src_opt or args.src
