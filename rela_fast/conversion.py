@@ -43,7 +43,7 @@ from rela_fast.errors import UserError
 from rela_fast.pca import Moments, StreamingPCA
 from rela_fast.targets import SCHEMA_VERSION, StoreWriter, TargetStore, describe_change
 
-__all__ = ["convert", "init_distributed_from_env"]
+__all__ = ["convert"]
 
 # Test hook: SIGKILL this process once it has processed at least this many rows (resume tests).
 KILL_AFTER_ROWS_ENV = "RELA_FAST_CONVERT_KILL_AFTER_ROWS"
@@ -79,22 +79,6 @@ def _broadcast_error(world: int, message: str | None) -> None:
         message = box[0]
     if message:
         raise UserError(message)
-
-
-def init_distributed_from_env(device: str | None = None) -> bool:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); returns True if it did.
-
-    gloo on CPU, nccl on CUDA (each rank on ``cuda:LOCAL_RANK``).
-    """
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -379,7 +363,7 @@ def convert(
     ``store.skipped``; ``"fail"`` stops at the first. ``overwrite`` replaces a store made from other data
     or settings; ``keep_features`` keeps ``<out>.work`` so a later change is recomputed incrementally.
     ``cuda_graph`` (default: on CUDA) captures the encoder with a fixed batch. Under torchrun, call
-    :func:`init_distributed_from_env` (or init torch.distributed) first: ranks split the shards.
+    :func:`rela_fast.distributed.init_from_env` (or init torch.distributed) first: ranks split the shards.
     """
     job = _Conversion(
         src, out, prior, weights, size, dim, batch_size, decoder, device, on_error, shard_size, progress,

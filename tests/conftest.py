@@ -39,6 +39,15 @@ def force_backend(monkeypatch):
     return force
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on the shared 2-core CI machine two threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     """The Debian package's Fashion-MNIST folder; tests that need it skip with the install command."""

@@ -13,14 +13,7 @@ from rela_fast.eval import extract_features, linear_probe
 from rela_fast.eval.probe import train_probe
 from rela_fast.train import ConvNet, eval_transform
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n, d, c, seed):

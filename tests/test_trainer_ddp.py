@@ -36,12 +36,7 @@ dist.destroy_process_group()
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ddp_two_cpu_processes(fashion_mnist_dir, tmp_path):

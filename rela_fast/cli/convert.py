@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rela_fast.conversion import convert, init_distributed_from_env
+    from rela_fast.conversion import convert
+    from rela_fast.distributed import init_from_env
     from rela_fast.errors import UserError
 
     src = args.src_opt or args.src
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("SRC: missing; give the dataset as `rela-fast convert SRC --out DIR --prior PRIOR`")
     if args.src_opt and args.src and args.src_opt != args.src:
         raise UserError(f"SRC: given twice ({args.src!r} and --src {args.src_opt!r}); give it once")
-    started = init_distributed_from_env(args.device)
+    started = init_from_env(args.device)
     try:
         convert(
             src,

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rela_fast.distributed import init_from_env, rank_and_world
 from rela_fast.errors import UserError
 from rela_fast.train.augment import two_views
 from rela_fast.train.backbones import create_backbone, feature_dim
@@ -45,7 +46,7 @@ from rela_fast.train.metrics import MetricsLog, plot_metrics
 from rela_fast.train.optim import build_optimizer, lr_at
 from rela_fast.train.student import Student
 
-__all__ = ["ReLATrainer", "Student", "TrainResult", "build_optimizer", "init_distributed", "lr_at"]
+__all__ = ["ReLATrainer", "Student", "TrainResult", "build_optimizer", "lr_at"]
 
 CHECKPOINT_FORMAT = "rela_fast.train/1"
 # Test hook: SIGKILL this process right after optimiser step N (resume tests).
@@ -79,27 +80,6 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------------
 # pieces
 # ----------------------------------------------------------------------------------------------------
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str | None = None) -> bool:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return True
-
-
 def _digest(indices: torch.Tensor) -> str:
     return hashlib.sha1(indices.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
 
@@ -312,8 +292,8 @@ class ReLATrainer:
         }
 
     def _build(self, data: Any) -> None:
-        init_distributed(None if self.device_arg is None else str(self.device_arg))
-        self.rank, self.world = _dist_info()
+        init_from_env(None if self.device_arg is None else str(self.device_arg))
+        self.rank, self.world = rank_and_world()
         self.device = self._device()
         self.source, targets, self.rows, self.labels, self.n = self._open_data(data)
         self.rela = targets is not None
