@@ -53,6 +53,7 @@ setup(
             "rela_fast._C",
             sorted(glob("csrc/*.cpp")),
             include_dirs=["csrc"],
+            depends=sorted(glob("csrc/*.h")),
             cxx_std=17,
         )
     ],

@@ -5,6 +5,7 @@
 //   score = seen > 0 ? a * score + b * l : l        (a = momentum, b = 1 - momentum, float32)
 //   seen += number of finite occurrences of i;  last_epoch = epoch
 // Non-finite losses are ignored. An out-of-range index rejects the whole batch (nothing is written).
+#include "float_bits.h"
 #include "registry.h"
 
 #include <algorithm>
@@ -16,19 +17,8 @@ namespace py = pybind11;
 
 namespace {
 
-inline uint32_t order_key(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  if (b == 0x80000000u) b = 0;
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-inline float from_order_key(uint32_t k) {
-  const uint32_t b = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
+using rela::from_order_key;
+using rela::order_key;
 
 // Returns the number of out-of-range indices (then nothing is written).
 int64_t update(std::uintptr_t score_address, std::uintptr_t seen_address, std::uintptr_t last_address, int64_t n,

@@ -13,6 +13,7 @@
 // Per-chunk histograms give each chunk its output offset, so pass 3 writes in parallel in order.
 // One parallel region with two barriers; threads only for inputs of a few Mi keys (see kMinChunk).
 // Small n: one std::nth_element over (key, position) packed in 64 bits.
+#include "float_bits.h"
 #include "registry.h"
 
 #include <algorithm>
@@ -32,6 +33,10 @@
 namespace py = pybind11;
 
 namespace {
+
+using rela::bits_to_float;
+using rela::float_to_bits;
+using rela::order_key;
 
 enum Mode { LARGEST = 0, SMALLEST = 1, RANDOM = 2, WEIGHTED = 3 };
 
@@ -59,18 +64,6 @@ inline uint32_t hash32(uint32_t i, uint32_t k0, uint32_t k1, uint32_t k2) {
   return fmix32(h ^ k2);
 }
 
-inline float bits_to_float(uint32_t b) {
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-inline uint32_t float_to_bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
-}
-
 // E = -ln(u), u = (2 (h >> 9) + 1) / 2^24; the same op sequence as reference.exponential.
 inline float exponential(uint32_t h) {
   const float x = static_cast<float>(((h >> 9) << 1) | 1u);
@@ -96,13 +89,6 @@ inline float exponential(uint32_t h) {
   float lnu = static_cast<float>(e - 24) * 0x1.62e430p-1f;  // ln 2
   lnu = lnu + lnm;
   return -lnu;
-}
-
-// Order-preserving map float32 -> uint32 (-0.0 and 0.0 map to the same key).
-inline uint32_t order_key(float v) {
-  uint32_t b = float_to_bits(v);
-  if (b == 0x80000000u) b = 0;
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
 inline int ctz64(uint64_t x) {

@@ -10,6 +10,7 @@
 // Inputs may be float32, float16, bfloat16 or float64 (16-bit types arrive as uint16 and are widened
 // to float); accumulation is float32, float64 for float64 predictions. Rows run in parallel (OpenMP);
 // on x86 an AVX2 + FMA + F16C build of the row loop is chosen at run time when the CPU has them.
+#include "float_bits.h"
 #include "registry.h"
 
 #include <algorithm>
@@ -30,17 +31,8 @@ namespace py = pybind11;
 
 namespace {
 
-inline float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+using rela::bits_to_float;
+using rela::float_to_bits;
 
 // IEEE half -> float, exact. Branch-free in signed 32-bit integers, so loops over it vectorise.
 inline float half_to_float(uint16_t h) {
