@@ -12,14 +12,7 @@ from rela_fast.cli import main
 from rela_fast.demo import DemoConfig, Setup, augment_batch, format_table, normalise, run_demo
 from rela_fast.train.augment import ViewSpec, two_views
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine two threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_end_to_end_tiny(fashion_mnist_dir, tmp_path, capsys):
