@@ -3,8 +3,12 @@
 Run: ``pytest benchmarks/bench_encoder.py --benchmark-only``. Groups ``encoder: <model> S=224 b=<B> <device>``;
 the baseline is what the authors' scripts do per batch: ``uint8 -> float / 255 -> (x - mean) / std ->
 model(x)`` in fp32 under ``torch.no_grad``, default (NCHW) layout. Variants: the fused engine (BN and
-normalisation folded, channels_last), the engine without channels_last, and (``RELA_BENCH_COMPILE=1``,
-slow to compile on the CPU) the engine with ``torch.compile``. CUDA cases (bf16 autocast, compile, CUDA
+normalisation folded, channels_last), the engine without channels_last, with oneDNN prepacked convolutions
+(``fused_prepack``), in bf16 (``fused_bf16``, CPUs with native bf16 only), and (``RELA_BENCH_COMPILE=1``,
+slow to compile on the CPU) the engine with ``torch.compile``. On the CPU these run with the process-wide
+allocator setting off; ``fused_malloc`` turns it on (``tune_cpu_allocator``, what ``build_encoder`` does by
+default on the CPU) and the second baseline ``eager_fp32_malloc``, run after it, is the eager model with
+that setting, so the allocator's share of the speed-up is visible. CUDA cases (bf16 autocast, compile, CUDA
 graph, batch 256, resnet18 / resnet50 / efficientnet_lite0) run only with a GPU. Images/s = batch / median.
 """
 
@@ -16,6 +20,7 @@ import pytest
 import torch
 
 from rela_fast.encoder import build_encoder, create_prior
+from rela_fast.encoder.engine import cpu_bf16_supported, tune_cpu_allocator
 
 pytest.importorskip("timm")
 
@@ -51,13 +56,18 @@ def _engine(enc):
 
 
 def _cases(device: str):
-    variants = ["eager_fp32_unfused", "fused", "fused_nchw"]
+    variants = ["eager_fp32_unfused", "fused", "fused_nchw", "fused_prepack"]
     if device == "cuda":
         variants = ["eager_fp32_unfused", "fused", "fused_compile", "fused_cuda_graph"]
-    elif os.environ.get("RELA_BENCH_COMPILE") == "1":
-        variants.append("fused_compile")
+    else:
+        if cpu_bf16_supported():
+            variants.append("fused_bf16")
+        if os.environ.get("RELA_BENCH_COMPILE") == "1":
+            variants.append("fused_compile")
+        variants += ["fused_malloc", "eager_fp32_malloc"]  # last: the allocator setting is process-wide
     models = GPU_MODELS if device == "cuda" else CPU_MODELS
-    return [(m, v) for m in models for v in variants]
+    plain = [(m, v) for m in models for v in variants if "malloc" not in v]
+    return plain + [(m, v) for m in models for v in variants if "malloc" in v]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +89,9 @@ def _bench(benchmark, priors, name, variant, device, batch, rounds):
     images = torch.randint(0, 256, (batch, 3, SIZE, SIZE), generator=gen, dtype=torch.uint8)
     if device == "cuda":
         images = images.pin_memory()
-    if variant == "eager_fp32_unfused":
+    if variant.startswith("eager"):
+        if variant == "eager_fp32_malloc":
+            tune_cpu_allocator()
         fn = _baseline(model, cfg, dev)
     else:
         enc = build_encoder(
@@ -90,11 +102,14 @@ def _bench(benchmark, priors, name, variant, device, batch, rounds):
             cuda_graph=variant == "fused_cuda_graph",
             batch_size=batch,
             channels_last=variant != "fused_nchw",
+            prepack=variant == "fused_prepack",
+            precision="bf16" if variant == "fused_bf16" else "auto",
+            tune_allocator=variant == "fused_malloc",
         )
         fn = _engine(enc)
         benchmark.extra_info["fusions"] = ",".join(enc.fusions)
     benchmark.group = f"encoder: {name} S={SIZE} b={batch} {device}"
-    benchmark.extra_info.update(suite="encoder", variant=variant, baseline=variant == "eager_fp32_unfused", batch=batch)
+    benchmark.extra_info.update(suite="encoder", variant=variant, baseline=variant.startswith("eager"), batch=batch)
     benchmark.pedantic(fn, args=(images,), rounds=rounds, iterations=1, warmup_rounds=1)
 
 

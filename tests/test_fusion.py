@@ -1,4 +1,5 @@
-"""Fusion passes and the inference engine: fused vs unfused agree (CPU, fp32, 1e-4 relative).
+"""Fusion passes and the inference engine: fused vs unfused agree (CPU, fp32, 1e-4 relative; the CPU bf16
+path, where the CPU has native bf16, to BF16_RTOL = 3e-2 relative: bf16 keeps 8 mantissa bits).
 
 Models: timm resnet18, timm efficientnet_lite0 (random init, BatchNorm statistics and affine parameters
 randomised so that folding is not the identity), and a small custom model with a conv output that is
@@ -8,6 +9,7 @@ read twice (must not be folded) and a BatchNorm that follows an add (no conv to 
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -15,13 +17,16 @@ from torch import nn
 
 from rela_fast.encoder import build_encoder, create_prior
 from rela_fast.encoder import engine as engine_module
-from rela_fast.encoder.engine import relative_error
+from rela_fast.encoder.engine import cpu_bf16_supported, relative_error, resolve_precision
 from rela_fast.encoder.fusion import (
     NormalizedInputConv,
+    PackedConv2d,
     batchnorm_pairs,
     find_input_conv,
     fold_batchnorm,
     fold_normalization,
+    mkldnn_conv_available,
+    prepack_convolutions,
     to_channels_last,
 )
 from rela_fast.errors import UserError
@@ -29,6 +34,9 @@ from rela_fast.errors import UserError
 timm = pytest.importorskip("timm")
 
 RTOL = 1e-4
+BF16_RTOL = 3e-2
+needs_onednn = pytest.mark.skipif(not mkldnn_conv_available(), reason="needs oneDNN's inference convolution")
+needs_bf16 = pytest.mark.skipif(not cpu_bf16_supported(), reason="needs a CPU with native bf16")
 
 
 class SmallNet(nn.Module):
@@ -268,11 +276,15 @@ def test_engine_torchscript_is_frozen(models, tmp_path):
     assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL
 
 
-def test_engine_rejects_bad_arguments(models):
+def test_engine_rejects_bad_arguments(models, monkeypatch):
     model, size = models["small"]
     m, cfg = create_prior(model, input_size=size)
     with pytest.raises(UserError, match="CUDA only"):
-        build_encoder(m, cfg, precision="bf16")
+        build_encoder(m, cfg, precision="fp16")
+    with monkeypatch.context() as patch:  # bf16 on a CPU without native bf16
+        patch.setattr(engine_module, "cpu_bf16_supported", lambda: False)
+        with pytest.raises(UserError, match="CUDA only"):
+            build_encoder(m, cfg, precision="bf16")
     with pytest.raises(UserError, match="precision"):
         build_encoder(m, cfg, precision="int4")
     with pytest.raises(UserError, match="CUDA"):
@@ -308,3 +320,240 @@ def test_engine_cuda(models, mode):
     assert relative_error(got.cpu(), _run(model, _normalise(pixels))) <= 3e-2
     fp32 = build_encoder(m, cfg, "cuda", precision="fp32")
     assert relative_error(fp32(pixels.cuda()).cpu(), _run(model, _normalise(pixels))) <= 1e-3
+
+
+# -- cheap building: undo without copies, checks at a small size, one check at the real size ------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "small"])
+def test_passes_never_write_into_existing_tensors(models, name):
+    """What lets the engine undo a pass by restoring references instead of keeping deep copies."""
+    model, size = models[name]
+    work = copy.deepcopy(model)
+    old = list(work.state_dict(keep_vars=True).values())
+    versions = [t._version for t in old]
+    x = _normalise(_pixels(1, size, seed=30))
+    assert fold_batchnorm(work, example=x)
+    fold_normalization(work, MEAN, STD, example=x, size=size)
+    to_channels_last(work)
+    if mkldnn_conv_available():
+        prepack_convolutions(work, x.contiguous(memory_format=torch.channels_last))
+    assert [t._version for t in old] == versions
+    kept = {id(t) for t in work.state_dict(keep_vars=True).values()}
+    assert sum(id(t) in kept for t in old) < len(old) // 2  # most tensors were replaced, not changed
+
+
+def test_engine_undoes_a_failed_pass_without_copying(models, monkeypatch):
+    """A pass that replaces modules and then fails its check is undone by restoring the module tree."""
+    model, size = models["resnet18"]
+
+    def wrong_layout(module):
+        module.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)  # breaks equivalence, writes nothing in place
+        return module
+
+    monkeypatch.setattr(engine_module, "to_channels_last", wrong_layout)
+    monkeypatch.setattr(engine_module, "_fresh_copy", _counting(engine_module._fresh_copy, calls := []))
+    m, cfg = create_prior(model, input_size=size)
+    enc = build_encoder(m, cfg)
+    assert len(calls) == 1  # the one working copy; no rebuild
+    assert "differs" in enc.skipped["channels_last"]
+    assert enc.fusions == ["fold_batchnorm", "fold_normalization"]
+    assert isinstance(enc.model.conv1, NormalizedInputConv)
+    pixels = _pixels(2, size, seed=31)
+    assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL
+
+
+def test_engine_rebuilds_when_a_failed_pass_wrote_in_place(models, monkeypatch):
+    """A failing pass that wrote into a tensor an earlier pass made: rebuilt from the caller's model and the
+    kept passes replayed."""
+    model, size = models["resnet18"]
+
+    def corrupting_layout(module):
+        with torch.no_grad():
+            module.layer1[0].conv1.weight.mul_(2.0)  # the folded weight made by fold_batchnorm
+        raise RuntimeError("layout failed half way")
+
+    monkeypatch.setattr(engine_module, "to_channels_last", corrupting_layout)
+    monkeypatch.setattr(engine_module, "_fresh_copy", _counting(engine_module._fresh_copy, calls := []))
+    m, cfg = create_prior(model, input_size=size)
+    enc = build_encoder(m, cfg)
+    assert len(calls) == 2 and enc.skipped["channels_last"] == "layout failed half way"
+    assert enc.fusions == ["fold_batchnorm", "fold_normalization"]
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in enc.model.modules())
+    pixels = _pixels(2, size, seed=32)
+    assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL
+
+
+def _counting(fn, calls: list):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def test_engine_final_check_at_real_size_undoes_everything(models, monkeypatch):
+    """Per-pass checks run at 64 px; a fault that only shows at the real S is caught by the last check."""
+    model, _ = models["resnet18"]
+    size = 96
+    real_prepare = NormalizedInputConv.prepare
+
+    def bad_prepare(self, h, w):  # a wrong border map for S only (64 px recomputes its own map)
+        real_prepare(self, h, w)
+        self.bias_map = self.bias_map + 1.0
+
+    monkeypatch.setattr(NormalizedInputConv, "prepare", bad_prepare)
+    m, cfg = create_prior(model, input_size=size)
+    enc = build_encoder(m, cfg)
+    assert enc.fusions == []
+    assert set(enc.skipped) == {"fold_batchnorm", "fold_normalization", "channels_last"}
+    assert all("S=96" in why for why in enc.skipped.values())
+    pixels = _pixels(2, size, seed=33)
+    assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL
+
+
+def test_engine_checks_at_real_size_when_the_model_needs_it():
+    """A head with a fixed input size (flatten + linear) cannot run at 64 px: checked at S instead."""
+    torch.manual_seed(6)
+    model = randomise_batchnorm(
+        nn.Sequential(nn.Conv2d(3, 4, 3, stride=8, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 10 * 10, 6)),
+        seed=6,
+    )
+    m, cfg = create_prior(model, input_size=80)
+    enc = build_encoder(m, cfg, prepack=True)
+    assert enc.fusions[:3] == ["fold_batchnorm", "fold_normalization", "channels_last"], enc.skipped
+    pixels = _pixels(3, 80, seed=34)
+    assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL
+
+
+# -- oneDNN prepacked convolutions (CPU) -----------------------------------------------------------------
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "act", [nn.ReLU(), nn.ReLU(inplace=True), nn.ReLU6(), nn.Hardtanh(-1.0, 2.0), nn.SiLU(), nn.Hardswish()]
+)
+def test_packed_conv_with_fused_activation_matches(act):
+    torch.manual_seed(7)
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1, groups=2).eval()
+    x = torch.randn(3, 6, 13, 11) * 3
+    with torch.no_grad():
+        want = copy.deepcopy(act)(conv(x))
+        model = nn.Sequential(copy.deepcopy(conv), copy.deepcopy(act)).eval()
+        done = prepack_convolutions(model, x[:1])
+        assert done == [("0", "1")] and isinstance(model[0], PackedConv2d) and isinstance(model[1], nn.Identity)
+        assert relative_error(model(x), want) <= RTOL
+        assert relative_error(model(x[:2].contiguous(memory_format=torch.channels_last)), want[:2]) <= RTOL
+        clone = copy.deepcopy(model)  # the packed weights are not copied; the copy repacks
+        assert relative_error(clone(x), want) <= RTOL
+
+
+class ReadTwice(nn.Module):
+    """conv -> act where the raw conv output is also read elsewhere (before, or after a non-in-place act)."""
+
+    def __init__(self, inplace: bool, read_before: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=inplace)
+        self.read_before = read_before
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.read_before:
+            skip = y * 0.5
+            return self.act(y) + skip
+        return self.act(y) + y  # in place: reads the activated y; otherwise the raw one
+
+
+@needs_onednn
+@pytest.mark.parametrize(("inplace", "read_before", "fused"), [(True, False, True), (False, False, False),
+                                                                (True, True, False), (False, True, False)])
+def test_prepack_fuses_an_activation_only_when_no_one_reads_the_raw_output(inplace, read_before, fused):
+    torch.manual_seed(8)
+    model = ReadTwice(inplace, read_before).eval()
+    x = torch.randn(2, 3, 9, 9)
+    want = _run(copy.deepcopy(model), x)
+    done = prepack_convolutions(model, x[:1])
+    assert done == [("conv", "act" if fused else None)]
+    assert relative_error(_run(model, x), want) <= RTOL
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_prepack_matches_unfused(models, name):
+    model, size = models[name]
+    x = _normalise(_pixels(3, size, seed=35))
+    fused = copy.deepcopy(model)
+    fold_batchnorm(fused, example=x[:1])
+    done = prepack_convolutions(fused, x[:1])
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert len(done) == n_conv and not any(type(m) is nn.Conv2d for m in fused.modules())
+    fused_acts = [a for _, a in done if a]
+    if name == "resnet18":  # the stem and each block's first conv; the second one's ReLU follows the add
+        assert len(fused_acts) == 1 + 8
+    elif name == "efficientnet_lite0":  # ReLU6 after the folded BN of stem, expansions, depthwise, head
+        assert len(fused_acts) > 20
+    else:
+        assert fused_acts == []  # SmallNet uses one ReLU module twice: not fusable
+    assert relative_error(_run(fused, x), _run(model, x)) <= RTOL
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_engine_prepack_matches_eager_model(models, name):
+    model, size = models[name]
+    m, cfg = create_prior(model, input_size=size)
+    enc = build_encoder(m, cfg, "cpu", batch_size=3, prepack=True)
+    assert enc.fusions == ["fold_batchnorm", "fold_normalization", "channels_last", "mkldnn_prepack"], enc.skipped
+    pixels = _pixels(5, size, seed=36)  # 3 + a short last chunk: two packed shapes
+    want = _run(model, _normalise(pixels)).reshape(5, -1)
+    assert relative_error(enc(pixels), want) <= RTOL
+    assert relative_error(enc(pixels[:4]), want[:4]) <= RTOL
+
+
+# -- bf16 on the CPU -------------------------------------------------------------------------------------
+
+
+def test_cpu_precision_rules(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == torch.float32  # the reference numerics stay the default
+    assert resolve_precision("fp32", cpu) == torch.float32
+    monkeypatch.setattr(engine_module, "cpu_bf16_supported", lambda: True)
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(engine_module, "cpu_bf16_supported", lambda: False)
+    with pytest.raises(UserError, match="no native bf16"):
+        resolve_precision("bf16", cpu)
+
+
+@needs_bf16
+@pytest.mark.parametrize("prepack", [False, True])
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_engine_cpu_bf16_matches_within_tolerance(models, name, prepack):
+    model, size = models[name]
+    m, cfg = create_prior(model, input_size=size)
+    enc = build_encoder(m, cfg, "cpu", precision="bf16", batch_size=4, prepack=prepack)
+    assert enc.dtype == torch.bfloat16 and "autocast_bfloat16" in enc.fusions, enc.skipped
+    assert ("mkldnn_prepack" in enc.fusions) == (prepack and mkldnn_conv_available())
+    pixels = _pixels(6, size, seed=37)
+    got = enc(pixels)
+    want = _run(model, _normalise(pixels)).reshape(6, -1)
+    assert got.dtype == torch.float32
+    err = relative_error(got, want)
+    assert 0 < err <= BF16_RTOL  # really computed in bf16 (not exact), and close
+
+
+def test_cpu_allocator_setting(models, monkeypatch):
+    monkeypatch.setattr(engine_module, "_allocator_tuned", False)
+    monkeypatch.setenv("RELA_FAST_MALLOPT", "0")
+    assert engine_module.tune_cpu_allocator() is False
+    model, size = models["small"]
+    m, cfg = create_prior(model, input_size=size)
+    assert build_encoder(m, cfg).allocator_tuned is False
+    monkeypatch.delenv("RELA_FAST_MALLOPT")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    enc = build_encoder(m, cfg)  # on the CPU by default
+    assert enc.allocator_tuned is True and engine_module.tune_cpu_allocator() is True
+    pixels = _pixels(2, size, seed=38)
+    assert relative_error(enc(pixels), _run(model, _normalise(pixels))) <= RTOL

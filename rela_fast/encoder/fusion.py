@@ -6,6 +6,13 @@
   takes pixel values (0..255) directly, with an exact border correction (see
   :class:`NormalizedInputConv`).
 * :func:`to_channels_last`: NHWC weights, which cuDNN / oneDNN run faster.
+* :func:`prepack_convolutions` (CPU): every plain Conv2d becomes a :class:`PackedConv2d`: oneDNN's
+  inference convolution with its weight reordered once into the blocked layout oneDNN wants (instead of
+  on every call) and, where data flow allows, the following activation (ReLU, ReLU6/Hardtanh, SiLU,
+  Hardswish) fused as a post-op. Optionally in bfloat16 (CPUs with native bf16).
+
+Every pass builds new tensors instead of writing into existing ones, so the engine can undo a pass by
+restoring the module tree (see ``engine._Snapshot``).
 
 Which conv feeds which BatchNorm, and which conv sees the input, is established by *data flow* when an
 example input is given: one forward pass with module hooks and a ``TorchFunctionMode`` that counts how
@@ -69,6 +76,8 @@ class DataFlow:
     conv_out: dict[int, str] = field(default_factory=dict)  # id(output) -> conv name
     conv_in: dict[str, int] = field(default_factory=dict)  # conv name -> id(input)
     bn_in: dict[str, int] = field(default_factory=dict)  # bn name -> id(input)
+    act_in: dict[str, int] = field(default_factory=dict)  # activation module name -> id(input)
+    act_reads_before: dict[str, int] = field(default_factory=dict)  # uses of that input before the activation
     calls: Counter[str] = field(default_factory=Counter)
     uses: Counter[int] = field(default_factory=Counter)
 
@@ -78,6 +87,7 @@ def probe_dataflow(model: nn.Module, example: torch.Tensor) -> DataFlow:
     flow = DataFlow(input_id=id(example), input_uses=0)
     keep: list[torch.Tensor] = []
     handles = []
+    counter = _UseCounter()
 
     def conv_pre(name):
         def hook(_module, args):
@@ -103,13 +113,23 @@ def probe_dataflow(model: nn.Module, example: torch.Tensor) -> DataFlow:
 
         return hook
 
+    def act_pre(name):
+        def hook(_module, args):
+            flow.calls[name] += 1
+            if args and isinstance(args[0], torch.Tensor):
+                flow.act_in[name] = id(args[0])
+                flow.act_reads_before[name] = counter.uses[id(args[0])]
+
+        return hook
+
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, PackedConv2d)):
             handles.append(module.register_forward_pre_hook(conv_pre(name)))
             handles.append(module.register_forward_hook(conv_post(name)))
         elif isinstance(module, nn.BatchNorm2d):
             handles.append(module.register_forward_pre_hook(bn_pre(name)))
-    counter = _UseCounter()
+        elif activation_post_op(module) is not None:
+            handles.append(module.register_forward_pre_hook(act_pre(name)))
     try:
         with torch.no_grad(), counter:
             model(example)
@@ -176,11 +196,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(inv)
     new_weight = conv.weight.double() * inv.reshape(-1, *([1] * (conv.weight.ndim - 1)))
     new_bias = (bias - bn.running_mean.double()) * inv + shift
-    conv.weight.copy_(new_weight.to(dtype))
-    if conv.bias is None:
-        conv.bias = nn.Parameter(new_bias.to(dtype=dtype, device=conv.weight.device), requires_grad=False)
-    else:
-        conv.bias.copy_(new_bias.to(dtype))
+    # new Parameters, never written in place: the engine undoes a failed pass by restoring the old ones
+    conv.weight = nn.Parameter(new_weight.to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(new_bias.to(dtype=dtype, device=conv.weight.device), requires_grad=False)
 
 
 def batchnorm_pairs(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[str, str]]:
@@ -340,5 +358,149 @@ def fold_normalization(
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    """NHWC memory format for every 4-D parameter and buffer (feed NHWC inputs too)."""
-    return model.to(memory_format=torch.channels_last)
+    """NHWC memory format for every 4-D parameter and buffer (feed NHWC inputs too); returns ``model``.
+
+    Like ``model.to(memory_format=torch.channels_last)``, but with new tensors put in place of the old
+    ones (shared ones stay shared) instead of overwriting their data, so the change can be undone.
+    """
+    new: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is None or tensor.ndim != 4 or tensor.is_mkldnn:
+                    continue
+                if id(tensor) not in new:
+                    data = tensor.detach().contiguous(memory_format=torch.channels_last)
+                    if isinstance(tensor, nn.Parameter):
+                        data = nn.Parameter(data, requires_grad=tensor.requires_grad)
+                    new[id(tensor)] = data
+                store[key] = new[id(tensor)]
+    return model
+
+
+# -- oneDNN prepacked convolutions (CPU) -------------------------------------------------------------
+
+
+def mkldnn_conv_available() -> bool:
+    """Whether this torch build has oneDNN's fused inference convolution (``mkldnn::_convolution_pointwise``)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+    )
+
+
+def activation_post_op(module: nn.Module) -> tuple[str, list[float]] | None:
+    """oneDNN post-op (name, scalars) computing ``module``, or None when it has none."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return "relu", []
+    if kind is nn.ReLU6:
+        return "hardtanh", [0.0, 6.0]
+    if kind is nn.Hardtanh:
+        return "hardtanh", [float(module.min_val), float(module.max_val)]
+    if kind is nn.SiLU:
+        return "swish", []
+    if kind is nn.Hardswish:
+        return "hardswish", []
+    return None
+
+
+class PackedConv2d(nn.Module):
+    """A Conv2d run as oneDNN's inference convolution (CPU), optionally with a fused activation.
+
+    The weight is reordered into oneDNN's blocked layout once per input shape (at most ``MAX_SHAPES``
+    shapes are kept: the full batch and the last one; others reorder on the fly), instead of on every call
+    as ``F.conv2d`` does. ``dtype`` (float32 or bfloat16) is the compute dtype: inputs are cast to it and
+    the output has it. ``weight`` / ``bias`` keep the plain tensors (for inspection and copies).
+    """
+
+    MAX_SHAPES = 4
+
+    def __init__(
+        self, conv: nn.Conv2d, activation: str = "none", scalars: Sequence[float] = (), dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("PackedConv2d: needs a plain nn.Conv2d with numeric zero padding")
+        dtype = dtype or conv.weight.dtype
+        self.register_buffer("weight", conv.weight.detach().to(dtype).contiguous())
+        bias = conv.bias.detach().to(dtype) if conv.bias is not None else None
+        self.register_buffer("bias", bias)
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.activation, self.scalars = activation, [float(v) for v in scalars]
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __getstate__(self):  # packed (opaque oneDNN) tensors cannot be copied or pickled; repack lazily
+        state = self.__dict__.copy()
+        state["_packed"] = {}
+        return state
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        packed = self._packed.get(shape)
+        if packed is None:
+            if len(self._packed) >= self.MAX_SHAPES:
+                return self.weight
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape)
+            )
+            self._packed[shape] = packed
+        return packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.activation, self.scalars, "",
+        )
+
+    def extra_repr(self) -> str:
+        w = self.weight
+        return (
+            f"{w.shape[1] * self.groups}, {w.shape[0]}, kernel_size={tuple(w.shape[2:])}, stride={tuple(self.stride)}, "
+            f"padding={tuple(self.padding)}, groups={self.groups}, activation={self.activation}, dtype={w.dtype}"
+        )
+
+
+def prepack_convolutions(
+    model: nn.Module, example: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> list[tuple[str, str | None]]:
+    """Replace every plain CPU Conv2d by a :class:`PackedConv2d` in ``dtype``; returns (conv, fused act) names.
+
+    An activation module is fused into the convolution (and replaced by ``nn.Identity``) when data flow
+    shows that its input *is* that convolution's output, both run once per forward, and nothing else reads
+    the raw output: nothing before the activation, and nothing after it unless the activation is in place
+    (then later readers see the activated tensor, as the fused one gives them). ``example`` is a model
+    input for that probe (any size the model accepts).
+    """
+    if not mkldnn_conv_available():
+        raise RuntimeError("this torch build has no oneDNN inference convolution")
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"prepack_convolutions: dtype {dtype} is not float32 or bfloat16")
+    modules = dict(model.named_modules())
+    flow = probe_dataflow(model, example)
+    by_input: dict[int, str] = {}
+    for name, source in flow.act_in.items():
+        by_input[source] = name if source not in by_input else ""  # two readers: fuse neither
+    done: list[tuple[str, str | None]] = []
+    for out_id, conv_name in flow.conv_out.items():
+        conv = modules[conv_name]
+        if type(conv) is not nn.Conv2d or conv.weight.device.type != "cpu" or flow.calls[conv_name] != 1:
+            continue
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            continue
+        act_name = by_input.get(out_id) or None
+        post = None
+        if act_name is not None and flow.calls[act_name] == 1 and flow.act_reads_before[act_name] == 0:
+            in_place = bool(getattr(modules[act_name], "inplace", False))
+            if in_place or flow.uses[out_id] == 1:
+                post = activation_post_op(modules[act_name])
+        if post is None:
+            act_name = None
+        _set_submodule(model, conv_name, PackedConv2d(conv, *(post or ("none", [])), dtype=dtype))
+        if act_name is not None:
+            _set_submodule(model, act_name, nn.Identity())
+        done.append((conv_name, act_name))
+    return done
