@@ -115,6 +115,21 @@ def results_section(results_dir: Path = DEFAULT_RESULTS) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def splice_readme(readme: Path, text: str) -> None:
+    """Replace what stands between the START and END markers of ``readme`` with ``text`` (atomically)."""
+    doc = Path(readme).read_text()
+    if doc.count(START) != 1 or doc.count(END) != 1 or doc.index(START) > doc.index(END):
+        raise ValueError(f"needs exactly one {START} followed by one {END}")
+    head, rest = doc.split(START)
+    _, tail = rest.split(END)
+    tmp = Path(readme).with_suffix(".tmp")
+    tmp.write_text(f"{head}{START}\n{text.strip()}\n{END}{tail}")
+    tmp.replace(readme)
+
+
 def _rel(path: Path) -> str:
     root = DEFAULT_RESULTS.parent.parent
     try:
@@ -127,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rela_fast.report", description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the results folder (benchmarks/results)")
     p.add_argument("--section", choices=("all", "performance", "results"), default="all")
+    p.add_argument("--readme", type=Path, help=f"replace the text between {START} and {END} in this file")
     args = p.parse_args(argv)
     if not args.results.is_dir():
         print(f"python -m rela_fast.report: error: --results {args.results}: no such folder", file=sys.stderr)
@@ -136,7 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(performance_section(args.results))
     if args.section in ("all", "results"):
         parts.append(results_section(args.results))
-    print("\n".join(parts))
+    text = "\n".join(parts)
+    if args.readme is None:
+        print(text)
+        return 0
+    try:
+        splice_readme(args.readme, text)
+    except (OSError, ValueError) as exc:
+        print(f"python -m rela_fast.report: error: --readme {args.readme}: {exc}", file=sys.stderr)
+        return 2
+    print(f"updated {args.readme}")
     return 0
 
 

@@ -53,3 +53,19 @@ def test_empty_and_missing_folders(tmp_path, capsys):
     assert main(["--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "## Performance" in out and "## Results" in out
+
+
+def test_readme_splice_replaces_only_the_marked_block(tmp_path, capsys):
+    _write_bench(tmp_path / "m-2026-11-24.json", (0.004, 0.001))
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\nintro\n<!-- report:start -->\nstale\n<!-- report:end -->\n\n## After\nkept\n")
+    assert main(["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    doc = readme.read_text()
+    assert doc.startswith("# title\n\nintro\n<!-- report:start -->\n## Performance")
+    assert "stale" not in doc and "| loss: 8x4 | cpp | reference | 1.000 | 4.000 | 4.00x |" in doc
+    assert doc.endswith("<!-- report:end -->\n\n## After\nkept\n")
+    broken = tmp_path / "BROKEN.md"
+    broken.write_text("no markers here\n")
+    assert main(["--results", str(tmp_path), "--readme", str(broken)]) == 2
+    assert "report:start" in capsys.readouterr().err
+    assert broken.read_text() == "no markers here\n"
