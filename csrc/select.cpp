@@ -163,6 +163,15 @@ void select_small(const Key& keys, int64_t n, int64_t k, int64_t* out) {
 
 // The digit d such that the k-th largest lies in bin d: sum of bins above d < k <= that plus hist[d].
 // Returns d and sets *above to the count in bins above d.
+// total[d] = sum over chunks of each chunk's histogram bin d.
+void sum_chunks(const std::vector<uint32_t>& hist, int n_chunks, std::vector<int64_t>* total) {
+  for (int d = 0; d < kBins; ++d) {
+    int64_t s = 0;
+    for (int c = 0; c < n_chunks; ++c) s += hist[static_cast<size_t>(c) * kBins + d];
+    (*total)[d] = s;
+  }
+}
+
 int find_bin(const std::vector<int64_t>& total, int64_t k, int64_t* above) {
   int64_t cum = 0;
   for (int d = kBins - 1; d >= 0; --d) {
@@ -241,11 +250,7 @@ void select_radix(const KeyOf<MODE>& key_of, int64_t n, int64_t k, int n_chunks,
       }
       bad = *n_nan > 0 || *n_neg > 0;
       if (!bad) {
-        for (int d = 0; d < kBins; ++d) {
-          int64_t s = 0;
-          for (int c = 0; c < n_chunks; ++c) s += hist[static_cast<size_t>(c) * kBins + d];
-          total[d] = s;
-        }
+        sum_chunks(hist, n_chunks, &total);
         int64_t above = 0;
         b1 = static_cast<uint32_t>(find_bin(total, k, &above));
         k1 = k - above;
@@ -268,11 +273,7 @@ void select_radix(const KeyOf<MODE>& key_of, int64_t n, int64_t k, int n_chunks,
 #pragma omp barrier
 #pragma omp single
     if (!bad) {
-      for (int d = 0; d < kBins; ++d) {
-        int64_t s = 0;
-        for (int c = 0; c < n_chunks; ++c) s += hist[static_cast<size_t>(c) * kBins + d];
-        total[d] = s;
-      }
+      sum_chunks(hist, n_chunks, &total);
       int64_t above = 0;
       const uint32_t b2 = static_cast<uint32_t>(find_bin(total, k1, &above));
       need = k1 - above;  // keys equal to the threshold to keep, lowest positions first

@@ -89,11 +89,11 @@ def probe_dataflow(model: nn.Module, example: torch.Tensor) -> DataFlow:
     handles = []
     counter = _UseCounter()
 
-    def conv_pre(name):
+    def record_input(name, inputs):
         def hook(_module, args):
             flow.calls[name] += 1
             if args and isinstance(args[0], torch.Tensor):
-                flow.conv_in[name] = id(args[0])
+                inputs[name] = id(args[0])
 
         return hook
 
@@ -105,13 +105,6 @@ def probe_dataflow(model: nn.Module, example: torch.Tensor) -> DataFlow:
 
         return hook
 
-    def bn_pre(name):
-        def hook(_module, args):
-            flow.calls[name] += 1
-            if args and isinstance(args[0], torch.Tensor):
-                flow.bn_in[name] = id(args[0])
-
-        return hook
 
     def act_pre(name):
         def hook(_module, args):
@@ -124,10 +117,10 @@ def probe_dataflow(model: nn.Module, example: torch.Tensor) -> DataFlow:
 
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, PackedConv2d)):
-            handles.append(module.register_forward_pre_hook(conv_pre(name)))
+            handles.append(module.register_forward_pre_hook(record_input(name, flow.conv_in)))
             handles.append(module.register_forward_hook(conv_post(name)))
         elif isinstance(module, nn.BatchNorm2d):
-            handles.append(module.register_forward_pre_hook(bn_pre(name)))
+            handles.append(module.register_forward_pre_hook(record_input(name, flow.bn_in)))
         elif activation_post_op(module) is not None:
             handles.append(module.register_forward_pre_hook(act_pre(name)))
     try:
