@@ -6,12 +6,53 @@ This is what ``rela-fast info`` prints and what benchmark results record as thei
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 
 import torch
 
+from rela_fast.errors import UserError
 from rela_fast.ops import backend as dispatch
+
+_DALI_OK: bool | None = None
+
+
+def dali_available() -> bool:
+    """True when ``nvidia.dali`` imports (checked once). The one place that asks."""
+    global _DALI_OK
+    if _DALI_OK is None:
+        try:
+            _DALI_OK = importlib.util.find_spec("nvidia.dali") is not None
+            if _DALI_OK:
+                import nvidia.dali  # noqa: F401
+        except Exception:
+            _DALI_OK = False
+    return _DALI_OK
+
+
+def resolve_device(device: str | torch.device | None = None, *, what: str = "device") -> torch.device:
+    """The one device rule (conversion, training, decoding): ``None``/``"auto"`` = this process's CUDA device
+    when there is one (``LOCAL_RANK`` under torchrun), else the CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Anything else, or CUDA asked for where there is none, is a one-line :class:`UserError` naming ``what``.
+    """
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{what}={device!r}: not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"{what}={device!r}: rela_fast runs on 'cpu' or 'cuda'; use one of those")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{what}={device!r}: no CUDA device is available here; use 'cpu'")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.index >= torch.cuda.device_count():
+            raise UserError(f"{what}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _version(dist: str) -> str:
@@ -22,10 +63,10 @@ def _version(dist: str) -> str:
 
 
 def _dali_version() -> str:
-    try:
-        import nvidia.dali as dali
-    except Exception:
+    if not dali_available():
         return "not installed"
+    import nvidia.dali as dali
+
     return getattr(dali, "__version__", "installed")
 
 

@@ -184,7 +184,10 @@ def test_augmentation_recipes():
     b1, b2 = two_views("byol", 224)
     assert b1.scale == (0.08, 1.0) and b1.jitter == (0.4, 0.4, 0.2, 0.1)
     assert (b1.blur_p, b1.solarize_p, b2.blur_p, b2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
-    assert b1.blur_kernel == 23 and two_views("byol", 28)[0].blur_kernel == 3
+    # blur sigma is in pixels at every size (PIL / torchvision semantics): the kernel spans +-3 sigma_max
+    for size in (28, 32, 96, 224):
+        assert two_views("byol", size)[0].blur_kernel == 13
+    assert two_views("byol", 4)[0].blur_kernel == 7  # reflect padding caps it at 2 * size - 1
     d1, d2 = two_views("dino", 96)
     assert d1.scale == (0.4, 1.0) and d2.solarize_p == 0.2
     img = torch.randint(0, 256, (3, 40, 36), dtype=torch.uint8)

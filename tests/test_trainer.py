@@ -77,13 +77,28 @@ def test_rela_loss_falls_on_fashion_mnist(fmnist, store_dir, tmp_path):
     assert [r["epoch"] for r in rows if r["event"] == "epoch"] == [0, 1, 2]
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert state["progress"]["step"] == 18 and state["handover"]["phase"] == 1
+    assert state["train_state"]["step"] == 18 and state["handover"]["phase"] == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 18
+
+
+class SpyViews:
+    """A ViewPipeline (the public protocol) that records which views and phase each request asked for."""
+
+    def __init__(self, images, labels):
+        from rela_fast.train import TensorViews
+
+        self.inner = TensorViews(torch.from_numpy(images)[:, None], labels, torch.device("cpu"))
+        self.calls = []
+
+    def batches(self, views, indices, *, epoch, phase, batch_size):
+        self.calls.append((views, phase, epoch, len(indices)))
+        return self.inner.batches(views, indices, epoch=epoch, phase=phase, batch_size=batch_size)
 
 
 def test_handover_switches_to_method_loss_and_augmentation(fmnist, store_dir):
     data = _data(fmnist)
-    trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20,
+    spy = SpyViews(*fmnist)
+    trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20, views=spy,
                           handover=HandOver(threshold=0.3), method_kwargs=SMALL)  # rho = e^-1 >= 0.3 at step 1
     result = trainer.fit(data)
     steps = _steps(result)
@@ -94,7 +109,9 @@ def test_handover_switches_to_method_loss_and_augmentation(fmnist, store_dir):
     # only phase-1 steps fed the ScoreBook (one batch of 20)
     assert int(trainer.scores.seen.sum()) == 20
     # after the switch the loader serves the method's (BYOL) augmentation
-    assert trainer.dataset.specs == two_views("byol", 28) and trainer.dataset.phase == 2
+    assert spy.calls[0][:3] == (two_views("rela", 28), 1, 0)
+    assert spy.calls[1][:3] == (two_views("byol", 28), 2, 0) and spy.calls[1][3] == 120 - 20  # from the same spot
+    assert spy.calls[-1][:3] == (two_views("byol", 28), 2, 1)
     # soft schedule: the losses are blended over 3 steps
     soft = ReLATrainer("convnet-4", "simclr", store_dir, budget=0.5, epochs=1, batch_size=20,
                        handover=HandOver(threshold=0.3, soft_steps=3), method_kwargs=SMALL).fit(data)
@@ -171,7 +188,7 @@ def test_resume_after_sigkill_gives_the_same_subsets_and_state(fmnist, store_dir
                              str(store_dir), str(tmp_path / "cut")], env=env, capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == -9, killed.stderr
-    progress = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["progress"]
+    progress = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["train_state"]
     assert (progress["step"], progress["epoch"], progress["pos"]) == (8, 1, 40)
     ns: dict = {}
     exec(compile(_RESUME_SCRIPT, str(script), "exec"), ns)
@@ -247,7 +264,7 @@ def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
     trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20,
                           subset_policy="infobatch", method_kwargs=SMALL)
     trainer.fit(_data(fmnist))
-    assert trainer.steps_per_epoch == 6 and trainer.step == 12
+    assert trainer.steps_per_epoch == 6 and trainer.state.step == 12
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

@@ -73,6 +73,6 @@ def test_ddp_two_cpu_processes(fashion_mnist_dir, tmp_path):
     assert r0["handover"] == r1["handover"]
     # only rank 0 writes the run directory
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["config"]["world"] == 2 and state["progress"]["step"] == 12
+    assert state["config"]["world"] == 2 and state["train_state"]["step"] == 12
     rows = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
     assert len([r for r in rows if '"event": "step"' in r]) == 12

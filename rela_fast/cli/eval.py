@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                           image_size=size, device=device, num_workers=args.workers, seed=args.seed,
                           standardize=args.standardize, progress=not args.no_progress)
     run_dir = Path(args.run) if os.path.isdir(args.run) else Path(args.run).parent
-    prog = state.get("progress", {})
+    prog = state.get("train_state", {})
     row = {"event": "probe", "accuracy": result.accuracy, "step": prog.get("step"),
            "wall_time": prog.get("wall_time"), "epochs": result.epochs, "lr": result.lr,
            "train_accuracy": result.train_accuracy, "n_train": result.n_train, "n_test": result.n_test,

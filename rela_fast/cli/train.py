@@ -20,11 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default="random", help="subset policy: random (reference), topk, bottomk, "
                         "weighted, infobatch")
     parser.add_argument("--stratify", action="store_true", help="class-stratified subsets (labelled data)")
-    parser.add_argument("--batch-size", type=int, default=256, help="per process and micro-step")
+    parser.add_argument("--recipe", default="default", choices=["default", "authors"],
+                        help="authors: frozen random transfer head, constant lr, weight decay 0.01 on all parameters, "
+                        "BYOL momentum fixed at 0.99, batch 128 (each overridable below)")
+    parser.add_argument("--batch-size", type=int, help="per process and micro-step (default 256; authors 128)")
     parser.add_argument("--accumulate", type=int, default=1, help="gradient-accumulation micro-steps")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-6)
+    parser.add_argument("--weight-decay", type=float, help="default 1e-6 on weights only; authors 0.01 on all")
+    parser.add_argument("--schedule", choices=["cosine", "constant"], help="lr schedule (default cosine; authors "
+                        "constant)")
+    parser.add_argument("--freeze-head", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the transfer head a fixed random projection (authors) or train it (default)")
+    parser.add_argument("--decay-all", action=argparse.BooleanOptionalAction, default=None,
+                        help="weight decay on biases and norms too (authors)")
     parser.add_argument("--warmup", type=float, default=0.0, help="fraction of the steps for linear LR warm-up")
     parser.add_argument("--handover", default="adaptive", choices=["adaptive", "constant"])
     parser.add_argument("--lambda-const", type=float, help="constant hand-over: phase 1 for this fraction of epochs")
@@ -34,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    parser.add_argument("--loader", default="auto", choices=["auto", "torch", "dali"])
+    parser.add_argument("--views", "--loader", dest="views", default="auto", choices=["auto", "tensor", "torch", "dali"],
+                        help="where the two views come from: auto (in-memory tensors for IDX/arrays and data that "
+                        "fits in RAM, DALI on CUDA, else a DataLoader)")
     parser.add_argument("--per-sample-augment", action="store_true",
                         help="torchvision per sample on the workers instead of batched photometric ops")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,10 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
     trainer = ReLATrainer(
         args.arch, args.method, args.targets, budget=args.budget, epochs=args.epochs, subset_policy=args.policy,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        recipe=args.recipe, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, schedule=args.schedule, freeze_head=args.freeze_head, decay_all=args.decay_all,
         warmup=args.warmup, handover=args.handover, lambda_const=args.lambda_const, soft_steps=args.soft_steps,
         image_size=args.image_size, accumulate=args.accumulate, amp=args.amp, compile=args.compile,
-        device=args.device, num_workers=args.workers, loader=args.loader, seed=args.seed, out=args.out,
+        device=args.device, num_workers=args.workers, views=args.views, seed=args.seed, out=args.out,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, max_steps=args.max_steps,
         method_kwargs=_method_kwargs(args.method_arg), stratify=args.stratify,
         batched_augment=not args.per_sample_augment, progress=not args.no_progress,

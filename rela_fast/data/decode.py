@@ -49,6 +49,7 @@ import torch
 
 from rela_fast.data.images import ImageDecodeError, decode_observed, observer_geometry, peek_jpeg
 from rela_fast.data.sources import Source
+from rela_fast.environment import dali_available, resolve_device
 from rela_fast.errors import UserError
 
 DECODER_KINDS = ("auto", "dali", "dali-cpu", "nvjpeg", "torchvision", "pil")
@@ -432,22 +433,6 @@ def make_decoder(
     return TorchJpegDecoder(size, dev, num_threads, prefetch, jpeg_device=dev)
 
 
-_DALI_OK: bool | None = None
-
-
-def dali_available() -> bool:
-    """True when ``nvidia.dali`` imports (checked once)."""
-    global _DALI_OK
-    if _DALI_OK is None:
-        try:
-            _DALI_OK = importlib.util.find_spec("nvidia.dali") is not None
-            if _DALI_OK:
-                import nvidia.dali  # noqa: F401
-        except Exception:
-            _DALI_OK = False
-    return _DALI_OK
-
-
 def _torchvision_jpeg_available() -> bool:
     try:
         from torchvision.io import decode_jpeg  # noqa: F401
@@ -461,15 +446,7 @@ def _nvjpeg_available() -> bool:
 
 
 def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"device={device!r}: expected 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={device!r}: no CUDA device is available here; use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"device={device!r}: expected 'cpu' or 'cuda'")
-    return dev
+    return resolve_device(device)
 
 
 def _check_rows(indices: Any, n: int) -> np.ndarray:

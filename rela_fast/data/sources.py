@@ -409,6 +409,11 @@ class _ArrayRows(Source):
     _data: np.ndarray
     _digests: list[str] | None = None
 
+    def array(self) -> np.ndarray:
+        """All images as one uint8 array, (N, H, W) or (N, H, W, C); a view of the data where possible
+        (the trainer's in-memory tensor path uses it instead of reading images one by one)."""
+        return self._data.transpose(0, 2, 3, 1) if self._layout == "NCHW" else self._data
+
     def read(self, i: int) -> np.ndarray:
         row = self._data[i]
         if self._layout == "NCHW":

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rela_fast.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

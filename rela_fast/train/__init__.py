@@ -8,18 +8,32 @@ JSONL metrics; :class:`ReLATrainer` puts them together.
 
 from __future__ import annotations
 
-from rela_fast.train.augment import BatchPhotometric, ViewSpec, build_torchvision, crop_flip, eval_transform, two_views
+from rela_fast.train.augment import (
+    BatchPhotometric,
+    BatchViews,
+    ViewSpec,
+    build_torchvision,
+    crop_flip,
+    eval_transform,
+    two_views,
+    view_ops,
+)
 from rela_fast.train.backbones import ConvNet, create_backbone
+from rela_fast.train.callbacks import Callback, Clock, ProbeCallback, TrainState
 from rela_fast.train.checkpoint import load_backbone, load_checkpoint, save_checkpoint
 from rela_fast.train.handover import HandOver
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, make_loader
 from rela_fast.train.methods import BYOL, DINO, Method, SimCLR, Supervised, create_method
 from rela_fast.train.metrics import MetricsLog, plot_metrics, read_metrics
+from rela_fast.train.recipes import RECIPES, Recipe, resolve_recipe
 from rela_fast.train.trainer import ReLATrainer, TrainResult
+from rela_fast.train.views import DaliViews, LoaderViews, TensorViews, ViewPipeline, create_views
 
 __all__ = [
-    "BYOL", "BatchPhotometric", "ConvNet", "DINO", "DaliTwoViewLoader", "HandOver", "Method", "MetricsLog",
-    "ReLATrainer", "SimCLR", "Supervised", "TrainResult", "TwoViewDataset", "ViewSpec", "build_torchvision",
-    "create_backbone", "create_method", "crop_flip", "eval_transform", "load_backbone", "load_checkpoint",
-    "make_loader", "plot_metrics", "read_metrics", "save_checkpoint", "two_views",
+    "BYOL", "RECIPES", "BatchPhotometric", "BatchViews", "Callback", "Clock", "ConvNet", "DINO", "DaliTwoViewLoader",
+    "DaliViews", "HandOver", "LoaderViews", "Method", "MetricsLog", "ProbeCallback", "ReLATrainer", "Recipe", "SimCLR",
+    "Supervised", "TensorViews", "TrainResult", "TrainState", "TwoViewDataset", "ViewPipeline", "ViewSpec",
+    "build_torchvision", "create_backbone", "create_method", "create_views", "crop_flip", "eval_transform",
+    "load_backbone", "load_checkpoint", "make_loader", "plot_metrics", "read_metrics", "resolve_recipe",
+    "save_checkpoint", "two_views", "view_ops",
 ]

@@ -1,15 +1,18 @@
-"""Augmentations as data: one :class:`ViewSpec` per view, built into torchvision, batched-torch or DALI ops.
+"""Augmentations as data: one :class:`ViewSpec` per view, turned into ops once, run by three backends.
 
-A two-view augmentation is a pair of :class:`ViewSpec`; every backend applies the same recipe:
+:func:`view_ops` is the one place where a recipe becomes an ordered list of ops (crop, flip, colour
+jitter, grayscale, blur, solarize, normalise) with their parameters. Each backend maps those ops to its
+own primitives, so the backends cannot drift apart:
 
-* the fast path (default): per-sample geometry on the loader workers (:func:`crop_flip`: torchvision's
-  RandomResizedCrop parameters and ``resized_crop``, flip; uint8 out), then the photometric ops batched
-  on the training device (:class:`BatchPhotometric`: colour jitter in a random order per sample, as
-  torchvision, grayscale, blur, solarize, normalise; each op equals torchvision's functional op);
-* :func:`build_torchvision`: the whole torchvision transforms-v2 pipeline per sample;
-* the DALI loader (:mod:`rela_fast.train.loader`): the same ops as DALI operators on the GPU.
+* :func:`build_torchvision`: torchvision transforms-v2, one image at a time (the reference);
+* :class:`BatchViews`: whole uint8 batches as tensors (crop + flip through one ``grid_sample`` with
+  torchvision's box algorithm, then :class:`BatchPhotometric`); the fast path for data held in memory;
+* the DALI loader (:mod:`rela_fast.train.loader`), the same ops as DALI operators.
 
-Recipes:
+``tests/test_augment_agreement.py`` checks statistically that the three draw the same parameters and
+produce the same output statistics on fixed images.
+
+Recipes (:func:`two_views`):
 
 * ``rela``: the milder ReLA phase-1 augmentation (ALGORITHM.md): RandomResizedCrop(0.5-1), flip, colour
   jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8, grayscale p = 0.2, ImageNet normalisation; same for both views.
@@ -20,8 +23,9 @@ Recipes:
   (0.4, 0.4, 0.2, 0.1) p = 0.8, grayscale 0.2; view 1 blur 1.0; view 2 blur 0.1 and solarize 0.2.
 * ``supervised``: RandomResizedCrop(0.08-1) and flip.
 
-The blur kernel is about 10 % of the image side (23 px at 224, as BYOL), odd, at least 3; sigma 0.1-2.0.
-Solarize inverts pixels >= 128 (0.5 of the range), as BYOL does.
+Blur follows the reference semantics (PIL / torchvision ``GaussianBlur``): sigma (0.1-2.0) is in pixels
+at every image size, and the kernel spans +-3 sigma_max (13 taps), capped where reflect padding allows.
+Solarize inverts pixels >= 128 of 255. Grayscale uses torchvision's weights (0.2989, 0.587, 0.114).
 """
 
 from __future__ import annotations
@@ -32,8 +36,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rela_fast.constants import IMAGENET_MEAN, IMAGENET_STD
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+SOLARIZE_THRESHOLD = 128  # of 255, as BYOL and torchvision's RandomSolarize(128)
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "BatchPhotometric", "BatchViews", "ViewSpec", "build_torchvision", "crop_flip",
+    "eval_transform", "sample_crop", "two_views", "view_ops",
+]
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,10 @@ class ViewSpec:
 
     @property
     def blur_kernel(self) -> int:
-        k = max(3, int(round(0.1 * self.size)))
-        return k if k % 2 == 1 else k + 1
+        """Odd kernel covering +-3 sigma_max pixels (sigma is in pixels at every size, as PIL and torchvision),
+        at most ``2 size - 1`` so reflect padding stays valid."""
+        k = 2 * math.ceil(3 * self.blur_sigma[1]) + 1
+        return max(3, min(k, 2 * self.size - 1))
 
 
 def two_views(recipe: str, size: int) -> tuple[ViewSpec, ViewSpec]:
@@ -79,25 +92,107 @@ def two_views(recipe: str, size: int) -> tuple[ViewSpec, ViewSpec]:
     raise ValueError(f"unknown augmentation recipe {recipe!r}")
 
 
-def build_torchvision(spec: ViewSpec):
-    """A torchvision transforms-v2 pipeline for ``spec``: PIL image / HWC uint8 array -> normalised float CHW."""
+# ----------------------------------------------------------------------------------------------------
+# the recipe as ops (the one ViewSpec -> ops implementation)
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Crop:
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Flip:
+    p: float
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Colour jitter: factors drawn from [max(0, 1-b), 1+b] etc., hue from [-h, h], applied in a random order."""
+
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    p: float
+
+    def ranges(self) -> tuple[tuple[float, float], ...]:
+        b, c, s, h = self.brightness, self.contrast, self.saturation, self.hue
+        return (max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h)
+
+
+@dataclass(frozen=True)
+class Gray:
+    p: float
+
+
+@dataclass(frozen=True)
+class Blur:
+    kernel: int
+    sigma: tuple[float, float]
+    p: float
+
+
+@dataclass(frozen=True)
+class Solarize:
+    threshold: int  # of 255
+    p: float
+
+
+@dataclass(frozen=True)
+class Normalize:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def view_ops(spec: ViewSpec) -> tuple:
+    """The ordered ops of one view (inactive ones left out). Every backend runs exactly this list."""
+    ops: list = [Crop(spec.size, tuple(spec.scale), tuple(spec.ratio))]
+    if spec.flip_p > 0:
+        ops.append(Flip(spec.flip_p))
+    if spec.jitter_p > 0 and any(spec.jitter):
+        ops.append(Jitter(*spec.jitter, p=spec.jitter_p))
+    if spec.gray_p > 0:
+        ops.append(Gray(spec.gray_p))
+    if spec.blur_p > 0:
+        ops.append(Blur(spec.blur_kernel, tuple(spec.blur_sigma), spec.blur_p))
+    if spec.solarize_p > 0:
+        ops.append(Solarize(SOLARIZE_THRESHOLD, spec.solarize_p))
+    ops.append(Normalize(tuple(spec.mean), tuple(spec.std)))
+    return tuple(ops)
+
+
+# ----------------------------------------------------------------------------------------------------
+# backend 1: torchvision, per sample
+# ----------------------------------------------------------------------------------------------------
+def _torchvision_op(op):
     from torchvision.transforms import v2
 
-    ops: list = [v2.ToImage(), v2.RandomResizedCrop(spec.size, scale=spec.scale, ratio=spec.ratio, antialias=True)]
-    if spec.flip_p > 0:
-        ops.append(v2.RandomHorizontalFlip(spec.flip_p))
-    if spec.jitter_p > 0 and any(spec.jitter):
-        b, c, s, h = spec.jitter
-        ops.append(v2.RandomApply([v2.ColorJitter(b, c, s, h)], p=spec.jitter_p))
-    if spec.gray_p > 0:
-        ops.append(v2.RandomGrayscale(spec.gray_p))
-    if spec.blur_p > 0:
-        blur = v2.GaussianBlur(spec.blur_kernel, sigma=spec.blur_sigma)
-        ops.append(blur if spec.blur_p >= 1 else v2.RandomApply([blur], p=spec.blur_p))
-    if spec.solarize_p > 0:
-        ops.append(v2.RandomSolarize(threshold=128, p=spec.solarize_p))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
-    return v2.Compose(ops)
+    if isinstance(op, Crop):
+        return v2.RandomResizedCrop(op.size, scale=op.scale, ratio=op.ratio, antialias=True)
+    if isinstance(op, Flip):
+        return v2.RandomHorizontalFlip(op.p)
+    if isinstance(op, Jitter):
+        jitter = v2.ColorJitter(op.brightness, op.contrast, op.saturation, op.hue)
+        return jitter if op.p >= 1 else v2.RandomApply([jitter], p=op.p)
+    if isinstance(op, Gray):
+        return v2.RandomGrayscale(op.p)
+    if isinstance(op, Blur):
+        blur = v2.GaussianBlur(op.kernel, sigma=op.sigma)
+        return blur if op.p >= 1 else v2.RandomApply([blur], p=op.p)
+    if isinstance(op, Solarize):
+        return v2.RandomSolarize(threshold=op.threshold, p=op.p)
+    if isinstance(op, Normalize):
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(op.mean, op.std)])
+    raise TypeError(f"unknown op {op!r}")
+
+
+def build_torchvision(spec: ViewSpec):
+    """A torchvision transforms-v2 pipeline for ``spec``: PIL image / uint8 CHW tensor -> normalised float CHW."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), *(_torchvision_op(op) for op in view_ops(spec))])
 
 
 def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -114,7 +209,7 @@ def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The fast path: per-sample geometry on the loader workers, batched photometric ops on the device
+# geometry per sample (the DataLoader path: crop + flip on the workers, photometric batched afterwards)
 # ----------------------------------------------------------------------------------------------------
 def sample_crop(rng, height: int, width: int, scale: tuple[float, float],
                 ratio: tuple[float, float]) -> tuple[int, int, int, int]:
@@ -128,6 +223,10 @@ def sample_crop(rng, height: int, width: int, scale: tuple[float, float],
         h = int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    return _fallback_box(height, width, ratio)
+
+
+def _fallback_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))
@@ -152,13 +251,13 @@ def crop_flip(img: torch.Tensor, spec: ViewSpec, rng) -> torch.Tensor:
     return out
 
 
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
-
+# ----------------------------------------------------------------------------------------------------
+# batched tensor ops (each equals torchvision's functional op; tested against it)
+# ----------------------------------------------------------------------------------------------------
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma, as torchvision."""
     r, g, b = x.unbind(1)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
 def _per(f: torch.Tensor) -> torch.Tensor:
@@ -210,13 +309,16 @@ def _hsv2rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x, f):
+    gray = (x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()
+    if gray:  # hue is exactly the identity on gray pixels (s = 0): skip the HSV round trip
+        return x
     hsv = _rgb2hsv(x)
     hsv[:, 0] = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
     return _hsv2rgb(hsv)
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample sigma, reflect padding, as torchvision's ``gaussian_blur`` (separable)."""
+    """Per-sample sigma (pixels), reflect padding, as torchvision's ``gaussian_blur`` (separable)."""
     b, c, h, w = x.shape
     lim = (kernel - 1) / (2.0 * math.sqrt(2.0))
     pos = torch.linspace(-lim, lim, kernel, device=x.device, dtype=x.dtype)
@@ -232,55 +334,127 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Te
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-class BatchPhotometric:
-    """The photometric part of a view, batched on the batch's device: colour jitter (random order per
-    sample, as torchvision), grayscale, blur, solarize, normalise. uint8 (B, 3, S, S) -> float32.
+class _Draw:
+    """Random numbers for one batch from a CPU generator (so they do not depend on the device)."""
 
-    Random parameters come from a CPU ``torch.Generator`` (so they do not depend on the device).
-    """
+    def __init__(self, generator: torch.Generator, n: int, device: torch.device) -> None:
+        self.gen, self.n, self.device = generator, n, device
+
+    def uniform(self, lo: float, hi: float, n: int | None = None) -> torch.Tensor:
+        u = torch.rand(n or self.n, generator=self.gen, dtype=torch.float64)
+        return (u * (hi - lo) + lo).float().to(self.device)
+
+    def coin(self, p: float) -> torch.Tensor:
+        return (torch.rand(self.n, generator=self.gen) < p).to(self.device)
+
+
+def _jitter(x: torch.Tensor, op: Jitter, draw: _Draw) -> torch.Tensor:
+    """Colour jitter on the rows whose coin came up, each row with its own random order of the four ops."""
+    b = x.shape[0]
+    on = draw.coin(op.p).cpu()
+    order = torch.argsort(torch.rand(b, 4, generator=draw.gen), dim=1)
+    factors = [draw.uniform(lo, hi) for lo, hi in op.ranges()]
+    active = [j for j, v in enumerate((op.brightness, op.contrast, op.saturation, op.hue)) if v > 0]
+    if not bool(on.any()):
+        return x
+    sel = on.nonzero().view(-1).to(x.device)
+    y = x.index_select(0, sel)
+    for slot in range(4):
+        for j in active:
+            m = (order[on, slot] == j).to(x.device)
+            if bool(m.any()):
+                rows = m.nonzero().view(-1)
+                y[rows] = _JITTER_OPS[j](y[rows], factors[j].index_select(0, sel[rows]))
+    return x.index_copy(0, sel, y)
+
+
+def _photometric(x: torch.Tensor, op, draw: _Draw) -> torch.Tensor:
+    if isinstance(op, Jitter):
+        return _jitter(x, op, draw)
+    if isinstance(op, Gray):
+        m = draw.coin(op.p).view(-1, 1, 1, 1)
+        return torch.where(m, grayscale(x).expand_as(x), x)
+    if isinstance(op, Blur):
+        m = draw.coin(op.p)
+        sigma = draw.uniform(op.sigma[0], op.sigma[1])
+        if not bool(m.any()):
+            return x
+        sel = m.nonzero().view(-1)
+        return x.index_copy(0, sel, gaussian_blur(x.index_select(0, sel), op.kernel, sigma[sel]))
+    if isinstance(op, Solarize):
+        m = draw.coin(op.p).view(-1, 1, 1, 1)
+        return torch.where(m & (x >= op.threshold / 255.0), 1.0 - x, x)
+    if isinstance(op, Normalize):
+        mean = torch.tensor(op.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(op.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+    raise TypeError(f"not a photometric op: {op!r}")
+
+
+def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class BatchPhotometric:
+    """The photometric ops of a view on a batch of already cropped uint8 (B, C, S, S) -> normalised float32."""
 
     def __init__(self, spec: ViewSpec) -> None:
         self.spec = spec
+        self.ops = tuple(op for op in view_ops(spec) if not isinstance(op, Crop | Flip))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        spec, b, dev = self.spec, x.shape[0], x.device
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = _as_float_rgb(x)
+        draw = _Draw(generator, x.shape[0], x.device)
+        for op in self.ops:
+            x = _photometric(x, op, draw)
+        return x
 
-        def uniform(lo, hi, n):
-            return (torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo) + lo).float().to(dev)
 
-        def coin(p):
-            return torch.rand(b, generator=generator) < p
+def batch_boxes(gen: torch.Generator, n: int, height: int, width: int, scale, ratio) -> torch.Tensor:
+    """RandomResizedCrop boxes ``(top, left, h, w)`` for ``n`` samples, torchvision's algorithm vectorised:
+    up to 10 tries of (area, log-aspect), integer sides by rounding, else the ratio-clamped centre crop."""
+    area = height * width
+    target = area * (torch.rand(n, 10, generator=gen, dtype=torch.float64) * (scale[1] - scale[0]) + scale[0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(n, 10, generator=gen, dtype=torch.float64) * (hi - lo) + lo)
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.long().argmax(1), torch.full((n,), -1))
+    ft, fl, fh, fw = _fallback_box(height, width, ratio)
+    pick = first.clamp(min=0).view(-1, 1)
+    hh = torch.where(first >= 0, h.gather(1, pick).view(-1), torch.full((n,), fh))
+    ww = torch.where(first >= 0, w.gather(1, pick).view(-1), torch.full((n,), fw))
+    u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
+    top = torch.where(first >= 0, (u[:, 0] * (height - hh + 1)).floor().long(), torch.full((n,), ft))
+    left = torch.where(first >= 0, (u[:, 1] * (width - ww + 1)).floor().long(), torch.full((n,), fl))
+    return torch.stack([top, left, hh, ww], 1)
 
-        if spec.jitter_p > 0 and any(spec.jitter):
-            on = coin(spec.jitter_p)
-            order = torch.argsort(torch.rand(b, 4, generator=generator), dim=1)
-            bj, cj, sj, hj = spec.jitter
-            factors = (uniform(max(0.0, 1 - bj), 1 + bj, b), uniform(max(0.0, 1 - cj), 1 + cj, b),
-                       uniform(max(0.0, 1 - sj), 1 + sj, b), uniform(-hj, hj, b))
-            active = [j for j, v in enumerate(spec.jitter) if v > 0]
-            if bool(on.any()):
-                sel = on.nonzero().view(-1).to(dev)
-                y = x.index_select(0, sel)
-                for slot in range(4):
-                    for op in active:
-                        m = (order[on, slot] == op).to(dev)
-                        if bool(m.any()):
-                            rows = m.nonzero().view(-1)
-                            y[rows] = _JITTER_OPS[op](y[rows], factors[op].index_select(0, sel[rows]))
-                x = x.index_copy(0, sel, y)
-        if spec.gray_p > 0:
-            m = coin(spec.gray_p).to(dev).view(-1, 1, 1, 1)
-            x = torch.where(m, grayscale(x).expand_as(x), x)
-        if spec.blur_p > 0:
-            m = coin(spec.blur_p)
-            sigma = uniform(spec.blur_sigma[0], spec.blur_sigma[1], b)
-            if bool(m.any()):
-                sel = m.nonzero().view(-1).to(dev)
-                x = x.index_copy(0, sel, gaussian_blur(x.index_select(0, sel), spec.blur_kernel, sigma[sel]))
-        if spec.solarize_p > 0:
-            m = coin(spec.solarize_p).to(dev).view(-1, 1, 1, 1)
-            x = torch.where(m & (x >= 128.0 / 255.0), 1.0 - x, x)
-        mean = torch.tensor(spec.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, device=dev).view(1, 3, 1, 1)
-        return (x - mean) / std
+
+def batch_crop_flip(x: torch.Tensor, crop: Crop, flip_p: float, gen: torch.Generator) -> torch.Tensor:
+    """Crop ``boxes`` of float (B, C, H, W) and resize to S x S bilinearly (torchvision's ``resized_crop``
+    sampling grid; no antialiasing, identical for crops no larger than S), flipping where a coin says so."""
+    b, _, height, width = x.shape
+    boxes = batch_boxes(gen, b, height, width, crop.scale, crop.ratio).to(torch.float32)
+    flip = torch.where(torch.rand(b, generator=gen) < flip_p, -1.0, 1.0)
+    top, left, h, w = boxes.unbind(1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w / width * flip, (2 * left + w) / width - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * top + h) / height - 1
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], crop.size, crop.size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class BatchViews:
+    """One whole view of a uint8 (B, C, H, W) batch, as tensors: crop + flip, then the photometric ops."""
+
+    def __init__(self, spec: ViewSpec) -> None:
+        ops = view_ops(spec)
+        self.crop = ops[0]
+        self.flip_p = next((op.p for op in ops if isinstance(op, Flip)), 0.0)
+        self.photometric = BatchPhotometric(spec)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = batch_crop_flip(images.float().div_(255.0), self.crop, self.flip_p, generator)
+        return self.photometric(x, generator)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rela_fast.environment import dali_available
+from rela_fast.train import augment as A
 from rela_fast.train.augment import BatchPhotometric, ViewSpec, build_torchvision, crop_flip, eval_transform
 
 
@@ -182,14 +184,6 @@ def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, *, nu
 # ----------------------------------------------------------------------------------------------------
 # DALI
 # ----------------------------------------------------------------------------------------------------
-def dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 class DaliTwoViewLoader:
     """DALI decode + augmentation of both views, batches ``(view1, view2, idx, label)`` as torch tensors.
 
@@ -242,6 +236,8 @@ class DaliTwoViewLoader:
             yield items, [np.array(j, dtype=np.int64) for j in js], [np.array(v, dtype=np.int64) for v in labels]
 
     def _view(self, img, spec: ViewSpec):
+        """The ops of :func:`~rela_fast.train.augment.view_ops` as DALI operators (flip happens in the final
+        ``crop_mirror_normalize``; jitter is one ``color_twist`` in a fixed order, grayscale = saturation 0)."""
         from nvidia.dali import fn, types
 
         on_gpu = self.device == "gpu"
@@ -252,38 +248,37 @@ class DaliTwoViewLoader:
         def coin(p):  # 0.0 / 1.0 per sample
             return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
 
-        img = fn.random_resized_crop(img, size=(spec.size, spec.size), random_area=list(spec.scale),
-                                     random_aspect_ratio=list(spec.ratio), antialias=True)
+        ops = {type(op).__name__: op for op in A.view_ops(spec)}
+        crop, norm = ops["Crop"], ops["Normalize"]
+        img = fn.random_resized_crop(img, size=(crop.size, crop.size), random_area=list(crop.scale),
+                                     random_aspect_ratio=list(crop.ratio), antialias=True)
         img = fn.cast(img, dtype=types.FLOAT)
-        if spec.jitter_p > 0 and any(spec.jitter):
-            b, c, s, h = spec.jitter
-            on = coin(spec.jitter_p)
-            bright = 1.0 + on * (fn.random.uniform(range=[1 - b, 1 + b]) - 1.0)
-            contrast = 1.0 + on * (fn.random.uniform(range=[1 - c, 1 + c]) - 1.0)
-            sat = 1.0 + on * (fn.random.uniform(range=[1 - s, 1 + s]) - 1.0)
-            hue = on * fn.random.uniform(range=[-h * 360.0, h * 360.0])
-            if spec.gray_p > 0:
-                sat = sat * (1.0 - coin(spec.gray_p))
-            img = fn.color_twist(img, brightness=bright, contrast=contrast, saturation=sat, hue=hue)
-        elif spec.gray_p > 0:
-            sat = 1.0 - coin(spec.gray_p)
+        sat = 1.0 - coin(ops["Gray"].p) if "Gray" in ops else None
+        if "Jitter" in ops:
+            j = ops["Jitter"]
+            (b0, b1), (c0, c1), (s0, s1), (h0, h1) = j.ranges()
+            on = coin(j.p)
+            bright = 1.0 + on * (fn.random.uniform(range=[b0, b1]) - 1.0)
+            contrast = 1.0 + on * (fn.random.uniform(range=[c0, c1]) - 1.0)
+            jsat = 1.0 + on * (fn.random.uniform(range=[s0, s1]) - 1.0)
+            hue = on * fn.random.uniform(range=[h0 * 360.0, h1 * 360.0])
+            img = fn.color_twist(img, brightness=bright, contrast=contrast, hue=hue,
+                                 saturation=jsat if sat is None else jsat * sat)
+        elif sat is not None:
             img = fn.color_twist(img, saturation=sat)
-        if spec.blur_p > 0:
-            blurred = fn.gaussian_blur(img, window_size=spec.blur_kernel,
-                                       sigma=fn.random.uniform(range=list(spec.blur_sigma)))
-            if spec.blur_p >= 1:
-                img = blurred
-            else:
-                on = rnd(coin(spec.blur_p))
-                img = img + on * (blurred - img)
-        if spec.solarize_p > 0:
-            on = rnd(coin(spec.solarize_p))
-            bright = fn.cast(img >= 128.0, dtype=types.FLOAT)
-            img = img + on * bright * (255.0 - 2.0 * img)
+        if "Blur" in ops:
+            blur = ops["Blur"]
+            blurred = fn.gaussian_blur(img, window_size=blur.kernel, sigma=fn.random.uniform(range=list(blur.sigma)))
+            img = blurred if blur.p >= 1 else img + rnd(coin(blur.p)) * (blurred - img)
+        if "Solarize" in ops:
+            sol = ops["Solarize"]
+            above = fn.cast(img >= float(sol.threshold), dtype=types.FLOAT)
+            img = img + rnd(coin(sol.p)) * above * (255.0 - 2.0 * img)
+        flip_p = ops["Flip"].p if "Flip" in ops else 0.0
         return fn.crop_mirror_normalize(
             img, dtype=types.FLOAT, output_layout="CHW",
-            mean=[255.0 * m for m in spec.mean], std=[255.0 * s for s in spec.std],
-            mirror=fn.random.coin_flip(probability=spec.flip_p),
+            mean=[255.0 * m for m in norm.mean], std=[255.0 * s for s in norm.std],
+            mirror=fn.random.coin_flip(probability=flip_p),
         )
 
     def _build(self):

@@ -40,19 +40,21 @@ class LARS(torch.optim.Optimizer):
                 p.add_(buf, alpha=-group["lr"])
 
 
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(module: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad:  # frozen parameters (e.g. the authors' transfer head) never reach the optimiser
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        (no_decay if not decay_all and (p.ndim <= 1 or name.endswith(".bias")) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0, "lars": False}]
 
 
-def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9):
-    """``adamw`` | ``sgd`` | ``lars`` over ``module``'s trainable parameters (no decay on biases and norms)."""
-    groups = _param_groups(module, weight_decay)
+def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float, momentum: float = 0.9, *,
+                    decay_all: bool = False):
+    """``adamw`` | ``sgd`` | ``lars`` over ``module``'s trainable parameters (no decay on biases and norms
+    unless ``decay_all``, as the authors' recipe)."""
+    groups = [g for g in _param_groups(module, weight_decay, decay_all) if g["params"]]
     if name == "adamw":
         for g in groups:
             g.pop("lars", None)
@@ -66,9 +68,12 @@ def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float
     raise UserError(f"optimizer {name!r}: unknown; use adamw, sgd or lars")
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_at(step: int, total: int, base: float, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` (or ``base`` throughout when
+    ``schedule="constant"``, the authors' recipe)."""
     if step < warmup:
         return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
     frac = (step - warmup) / max(total - warmup, 1)
     return base * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))

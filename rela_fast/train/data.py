@@ -1,0 +1,69 @@
+"""What the trainer trains on: a source, optional targets, the rows and labels that tie them together."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rela_fast.errors import UserError
+
+
+@dataclass
+class TrainData:
+    """Sample j is source row ``rows[j]`` (all rows when None), with target ``targets[j]`` and ``labels[j]``."""
+
+    source: Any
+    targets: torch.Tensor | None
+    rows: torch.Tensor | None
+    labels: torch.Tensor | None
+
+    @property
+    def n(self) -> int:
+        if self.targets is not None:
+            return len(self.targets)
+        return len(self.rows) if self.rows is not None else len(self.source)
+
+
+def _open_targets(t: Any, source: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    if isinstance(t, torch.Tensor | np.ndarray):
+        targets = torch.as_tensor(t).float()
+        if targets.ndim != 2 or targets.shape[0] != len(source):
+            raise UserError(f"targets: {tuple(targets.shape)} rows for {len(source)} images in the data; "
+                            "they must be N x d with one row per image (convert this data again)")
+        return targets, None, None
+    if not hasattr(t, "targets"):
+        raise UserError(f"targets: expected a target store, its directory, an N x d tensor or None, "
+                        f"got {type(t).__name__}")
+    if hasattr(t, "check_matches"):
+        t.check_matches(source)
+    targets, rows = t.targets, getattr(t, "rows", None)
+    if rows is not None:
+        rows = torch.as_tensor(np.asarray(rows)).long()
+        if len(rows) != len(targets) or (len(rows) and (int(rows.max()) >= len(source) or int(rows.min()) < 0)):
+            raise UserError(f"targets: {len(targets)} rows do not map into the {len(source)} images "
+                            "of the data; convert this data again")
+    elif len(targets) != len(source):
+        raise UserError(f"targets: {len(targets)} rows for {len(source)} images; convert this data again")
+    labels = getattr(t, "labels", None)
+    return targets, rows, None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+
+
+def open_train_data(data: Any, targets: Any) -> TrainData:
+    """``data``: a path, an array or a Source; ``targets``: a store, its directory, an N x d tensor, or None."""
+    from rela_fast.data import open_source
+
+    source = data if hasattr(data, "read") and hasattr(data, "fingerprint") else open_source(data)
+    if isinstance(targets, str | os.PathLike):
+        from rela_fast.targets import load_targets
+
+        targets = load_targets(targets)
+    t, rows, labels = (None, None, None) if targets is None else _open_targets(targets, source)
+    if labels is None and getattr(source, "labels", None) is not None:
+        labels = torch.as_tensor(np.asarray(source.labels)).long()
+        if rows is not None:
+            labels = labels[rows]
+    return TrainData(source, t, rows, labels)
