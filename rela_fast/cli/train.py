@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
-    parser.add_argument("--views", "--loader", dest="views", default="auto", choices=["auto", "tensor", "torch", "dali"],
+    parser.add_argument("--views", "--loader", dest="views", default="auto",
+                        choices=["auto", "tensor", "torch", "dali"],
                         help="where the two views come from: auto (in-memory tensors for IDX/arrays and data that "
                         "fits in RAM, DALI on CUDA, else a DataLoader)")
     parser.add_argument("--per-sample-augment", action="store_true",

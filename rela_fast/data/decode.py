@@ -34,7 +34,6 @@ and come out in submission order; each carries its row indices, so a consumer pl
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import warnings

@@ -432,18 +432,27 @@ def batch_boxes(gen: torch.Generator, n: int, height: int, width: int, scale, ra
     return torch.stack([top, left, hh, ww], 1)
 
 
+def _source_coords(start: torch.Tensor, length: torch.Tensor, out: int) -> torch.Tensor:
+    """Pixel-centre source coordinates of ``out`` samples resizing ``[start, start + length)`` (half-pixel
+    convention, clamped to the crop as resizing a cropped image does)."""
+    pos = start[:, None] + (torch.arange(out, dtype=torch.float32) + 0.5) * length[:, None] / out - 0.5
+    return torch.minimum(torch.maximum(pos, start[:, None]), (start + length - 1)[:, None])
+
+
 def batch_crop_flip(x: torch.Tensor, crop: Crop, flip_p: float, gen: torch.Generator) -> torch.Tensor:
-    """Crop ``boxes`` of float (B, C, H, W) and resize to S x S bilinearly (torchvision's ``resized_crop``
-    sampling grid; no antialiasing, identical for crops no larger than S), flipping where a coin says so."""
+    """Random resized crop of float (B, C, H, W) to S x S and a random flip, in one ``grid_sample``: bilinear
+    on exactly torchvision's ``resized_crop`` sampling grid (no antialiasing: identical for crops no larger
+    than S, as for small images)."""
     b, _, height, width = x.shape
-    boxes = batch_boxes(gen, b, height, width, crop.scale, crop.ratio).to(torch.float32)
-    flip = torch.where(torch.rand(b, generator=gen) < flip_p, -1.0, 1.0)
-    top, left, h, w = boxes.unbind(1)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = w / width * flip, (2 * left + w) / width - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * top + h) / height - 1
-    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], crop.size, crop.size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    top, left, h, w = batch_boxes(gen, b, height, width, crop.scale, crop.ratio).to(torch.float32).unbind(1)
+    flip = torch.rand(b, generator=gen) < flip_p
+    xs = _source_coords(left, w, crop.size)
+    xs = torch.where(flip[:, None], xs.flip(1), xs)
+    ys = _source_coords(top, h, crop.size)
+    s = crop.size
+    grid = torch.stack([((2 * xs + 1) / width - 1)[:, None, :].expand(b, s, s),
+                        ((2 * ys + 1) / height - 1)[:, :, None].expand(b, s, s)], dim=-1)
+    return F.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class BatchViews:

@@ -52,8 +52,23 @@ def _open_targets(t: Any, source: Any) -> tuple[torch.Tensor, torch.Tensor | Non
     return targets, rows, None if labels is None else torch.as_tensor(np.asarray(labels)).long()
 
 
-def open_train_data(data: Any, targets: Any) -> TrainData:
-    """``data``: a path, an array or a Source; ``targets``: a store, its directory, an N x d tensor, or None."""
+def _subset(td: TrainData, rows: Any) -> TrainData:
+    """Restrict to source ``rows`` (when the targets do not already choose the rows)."""
+    if rows is None:
+        return td
+    if td.rows is not None:
+        raise UserError("rows: the target store already chooses the rows it was made from; pass one or the other")
+    r = torch.as_tensor(np.asarray(rows)).long()
+    if r.ndim != 1 or len(r) == 0 or int(r.min()) < 0 or int(r.max()) >= len(td.source):
+        raise UserError(f"rows: expected a non-empty 1-d list of row numbers in [0, {len(td.source)})")
+    targets = td.targets[r] if td.targets is not None else None
+    labels = td.labels[r] if td.labels is not None else None
+    return TrainData(td.source, targets, r, labels)
+
+
+def open_train_data(data: Any, targets: Any, rows: Any = None) -> TrainData:
+    """``data``: a path, an array or a Source; ``targets``: a store, its directory, an N x d tensor, or None;
+    ``rows``: train on these source rows only (a store brings its own rows)."""
     from rela_fast.data import open_source
 
     source = data if hasattr(data, "read") and hasattr(data, "fingerprint") else open_source(data)
@@ -61,9 +76,10 @@ def open_train_data(data: Any, targets: Any) -> TrainData:
         from rela_fast.targets import load_targets
 
         targets = load_targets(targets)
+    rows_arg = rows
     t, rows, labels = (None, None, None) if targets is None else _open_targets(targets, source)
     if labels is None and getattr(source, "labels", None) is not None:
         labels = torch.as_tensor(np.asarray(source.labels)).long()
         if rows is not None:
             labels = labels[rows]
-    return TrainData(source, t, rows, labels)
+    return _subset(TrainData(source, t, rows, labels), rows_arg)

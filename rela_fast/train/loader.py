@@ -239,6 +239,7 @@ class DaliTwoViewLoader:
         """The ops of :func:`~rela_fast.train.augment.view_ops` as DALI operators (flip happens in the final
         ``crop_mirror_normalize``; jitter is one ``color_twist`` in a fixed order, grayscale = saturation 0)."""
         from nvidia.dali import fn, types
+        from nvidia.dali import math as dmath
 
         on_gpu = self.device == "gpu"
 
@@ -264,6 +265,7 @@ class DaliTwoViewLoader:
             hue = on * fn.random.uniform(range=[h0 * 360.0, h1 * 360.0])
             img = fn.color_twist(img, brightness=bright, contrast=contrast, hue=hue,
                                  saturation=jsat if sat is None else jsat * sat)
+            img = dmath.clamp(img, 0.0, 255.0)  # torchvision clamps after each jitter op; DALI does not
         elif sat is not None:
             img = fn.color_twist(img, saturation=sat)
         if "Blur" in ops:

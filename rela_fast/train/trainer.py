@@ -158,6 +158,7 @@ class ReLATrainer:
         views: ``"auto"``, ``"tensor"``, ``"torch"``, ``"dali"`` or your own ViewPipeline (``loader`` is
             the same argument's former name).
         callbacks: :class:`~rela_fast.train.callbacks.Callback` objects called during ``fit``.
+        rows: train on these source rows only (a target store brings its own rows instead).
         out: run directory for ``checkpoint.pt``, ``metrics.jsonl``, ``metrics.png``, ``summary.json``.
         checkpoint_every: also checkpoint every this many optimiser steps (always at epoch ends).
         max_steps: stop after this many optimiser steps (schedules then span ``max_steps``).
@@ -197,6 +198,7 @@ class ReLATrainer:
         views: str | ViewPipeline = "auto",
         loader: str | None = None,
         callbacks: list[Callback] | None = None,
+        rows: Any = None,
         seed: int = 0,
         out: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
@@ -230,7 +232,7 @@ class ReLATrainer:
         self.image_size, self.accumulate = image_size, int(accumulate)
         self.amp = None if amp == "off" else amp
         self.compile, self.device_arg, self.num_workers = compile, device, int(num_workers)
-        self.views_arg, self.callbacks = views, CallbackList(callbacks)
+        self.views_arg, self.callbacks, self.rows_arg = views, CallbackList(callbacks), rows
         self.seed, self.out = int(seed), Path(out) if out is not None else None
         self.checkpoint_every, self.log_every, self.max_steps = checkpoint_every, max(1, int(log_every)), max_steps
         self.method_kwargs, self.subset_kwargs = r.method_kwargs, dict(subset_kwargs or {})
@@ -274,7 +276,7 @@ class ReLATrainer:
         init_from_env(None if self.device_arg is None else str(self.device_arg))
         self.rank, self.world = rank_and_world()
         self.device = resolve_device(self.device_arg)
-        td = open_train_data(data, self.targets)
+        td = open_train_data(data, self.targets, self.rows_arg)
         self.source, self.rows, self.labels, self.n = td.source, td.rows, td.labels, td.n
         self.rela = td.targets is not None
         if self.image_size is None:
@@ -488,9 +490,10 @@ class ReLATrainer:
                 break
         complete = s.pos >= self.needed
         s.wall_time = self.clock.elapsed()
+        online = self._epoch_accuracy()  # collective under DDP: every rank computes it
         if self.rank == 0:
             log.log({"event": "epoch", "epoch": s.epoch, "step": s.step, "phase": self.handover.phase,
-                     "online_acc": self._epoch_accuracy(), "subset_size": int(self.sampler.k),
+                     "online_acc": online, "subset_size": int(self.sampler.k),
                      "subset_digest": digest, "wall_time": s.wall_time, "complete": complete})
         self.callbacks.on_epoch_end(self, s)
         if complete:
