@@ -662,7 +662,7 @@ class ReLATrainer:
         if main and self.out is not None:
             import json
 
-            png = plot_metrics({self.out.name or "run": log.path}, self.out / "metrics.png")
+            png = plot_metrics({self.out.name or "run": log.path}, self.out / "metrics.png", missing_ok=True)
             summary = {"steps": self.step, "epochs": self.epochs, "wall_time": self._elapsed(),
                        "images_seen": self.images_seen, "handover": self.handover.state_dict(),
                        "online_accuracy": acc, "config": self._config()}
