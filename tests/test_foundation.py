@@ -1,4 +1,4 @@
-"""The foundation: the extension builds and loads, the CLI's info and bench report, the public API."""
+"""The foundation: the extension builds and loads, the CLI's info, the public API (bench: test_bench.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 import pytest
 
 import rela_fast
-from rela_fast import benchreport
 from rela_fast.cli import main
 
 
@@ -75,43 +74,3 @@ def test_every_public_name_resolves_even_after_all_submodules_are_imported():
 def test_unknown_public_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute"):
         rela_fast.not_a_thing  # noqa: B018
-
-
-def _bench(name, group, median, variant, baseline):
-    return {"name": name, "group": group, "stats": {"median": median},
-            "extra_info": {"variant": variant, "baseline": baseline}}
-
-
-def test_bench_ratios_pair_each_variant_with_each_baseline_within_its_group():
-    import random
-
-    rng = random.Random()
-    medians = {k: rng.uniform(1e-4, 1.0) for k in ("eager", "compiled", "fused", "other_eager", "other_fused")}
-    results = {"benchmarks": [
-        _bench("a", "loss: s", medians["eager"], "eager", True),
-        _bench("b", "loss: s", medians["compiled"], "compiled", True),
-        _bench("c", "loss: s", medians["fused"], "fused", False),
-        _bench("d", "loss: t", medians["other_eager"], "eager", True),
-        _bench("e", "loss: t", medians["other_fused"], "fused", False),
-    ]}
-    rows = {(r.group, r.variant, r.baseline): r.speedup for r in benchreport.ratios(results)}
-    assert set(rows) == {("loss: s", "fused", "eager"), ("loss: s", "fused", "compiled"), ("loss: t", "fused", "eager")}
-    assert rows[("loss: s", "fused", "eager")] == pytest.approx(medians["eager"] / medians["fused"])
-    assert rows[("loss: s", "fused", "compiled")] == pytest.approx(medians["compiled"] / medians["fused"])
-    assert rows[("loss: t", "fused", "eager")] == pytest.approx(medians["other_eager"] / medians["other_fused"])
-    table = benchreport.format_table(benchreport.ratios(results))
-    assert "fused" in table and "x" in table
-
-
-def test_bench_report_reads_a_results_file(tmp_path, capsys):
-    path = tmp_path / "r.json"
-    benches = [_bench("a", "g", 2.0, "slow", True), _bench("b", "g", 0.5, "fast", False)]
-    path.write_text(json.dumps({"benchmarks": benches}))
-    assert main(["bench", "--report", str(path)]) == 0
-    assert "4.00x" in capsys.readouterr().out
-
-
-def test_bench_unknown_suite_is_a_one_line_error(capsys):
-    assert main(["bench", "--suite", "no_such_suite"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "no_such_suite" in err and len(err.splitlines()) == 1

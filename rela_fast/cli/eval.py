@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         log = MetricsLog(metrics)
         log.rewrite([r for r in read_metrics(metrics) if r.get("event") != "probe"])  # replaces an older probe
         log.log(row)
-        plot_metrics({run_dir.name: metrics}, run_dir / "metrics.png")
+        plot_metrics({run_dir.name: metrics}, run_dir / "metrics.png", missing_ok=True)
     if args.json:
         print(json.dumps({**row, "test_accuracies": result.test_accuracies}))
         return 0

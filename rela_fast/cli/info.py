@@ -14,20 +14,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rela_fast.environment import describe
+    from rela_fast.tables import render_table
 
     info = describe()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     backends = info.pop("backends")
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        print(f"{key:<{width}}  {value}")
+    print(render_table(None, info.items(), fmt="text"))
     print()
-    devices = sorted({d for per in backends.values() for d in per})
-    print(f"{'op':<24}" + "".join(f"{d:<12}" for d in devices))
-    for name, per in backends.items():
-        print(f"{name:<24}" + "".join(f"{per.get(d, '-'):<12}" for d in devices))
     if not backends:
         print("(no kernel families registered)")
+        return 0
+    devices = sorted({d for per in backends.values() for d in per})
+    rows = [(name, *(per.get(d, "-") for d in devices)) for name, per in backends.items()]
+    print(render_table(("op", *devices), rows, fmt="text"))
     return 0

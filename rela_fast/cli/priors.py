@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rela_fast.encoder import list_priors
+    from rela_fast.tables import render_table
 
     rows = list_priors()
     if args.json:
@@ -25,16 +26,14 @@ def run(args: argparse.Namespace) -> int:
             r["name"],
             r["arch"],
             f"{r['input_size']}x{r['input_size']}",
-            str(r["feature_dim"]),
+            r["feature_dim"],
             f"{r['num_params'] / 1e6:.2f}M",
             "yes" if r["installed"] else "no",
             r["pip"],
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
-    for row in [head, *table]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(render_table(head, table, align="lllrrll", fmt="text"))
     print()
     print("params: the feature extractor's (classifier dropped). Also: timm:NAME (random init or --weights FILE)")
     print("and torchscript:FILE. Weights: ImageNet-1k EfficientNet-Lite by Google, Apache-2.0;")

@@ -1,5 +1,7 @@
 """Training metrics: one JSON object per line, and a PNG plot of accuracy against steps and wall time.
 
+The plot needs the optional ``plot`` extra (matplotlib), imported only when a plot is drawn.
+
 Rows have an ``event``: ``"step"`` (per logged optimiser step: loss, rela_loss, method_loss, rho, phase,
 lr, step_time, images_per_s, online_acc, wall_time, ...), ``"epoch"`` (epoch summaries with the subset's
 digest) and ``"probe"`` (linear-probe results). A resumed run first drops rows past its checkpoint so
@@ -11,9 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from rela_fast.errors import UserError
+from rela_fast.plotting import require_pyplot
 
 
 def _clean(value: Any) -> Any:
@@ -71,17 +77,21 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def plot_metrics(runs: Mapping[str, str | os.PathLike | Iterable[Mapping[str, Any]]] | str | os.PathLike,
-                 png: str | os.PathLike, *, metric: str = "online_acc") -> Path:
+                 png: str | os.PathLike, *, metric: str = "online_acc", missing_ok: bool = False) -> Path | None:
     """Plot ``metric`` (default: online accuracy) against optimisation steps and wall time, one line per run.
 
     ``runs`` is one metrics file, or ``{label: metrics file or rows}``. Probe rows (``event == "probe"``)
-    are drawn as markers at their step / wall time. Also plots the loss and rho of each run.
+    are drawn as markers at their step / wall time. Also plots the loss and rho of each run. Needs the
+    ``plot`` extra (matplotlib): without it this raises a :class:`~rela_fast.errors.UserError`, or, with
+    ``missing_ok`` (a training run's closing plot, which must not fail the run), warns and returns None.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    try:
+        plt = require_pyplot(str(png))
+    except UserError as exc:
+        if not missing_ok:
+            raise
+        warnings.warn(f"not written: {exc}", stacklevel=2)
+        return None
     if isinstance(runs, str | os.PathLike):
         runs = {Path(runs).parent.name or "run": runs}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))

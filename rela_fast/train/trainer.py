@@ -634,7 +634,7 @@ class ReLATrainer:
         if self.rank == 0 and self.out is not None:
             import json
 
-            png = plot_metrics({self.out.name or "run": log.path}, self.out / "metrics.png")
+            png = plot_metrics({self.out.name or "run": log.path}, self.out / "metrics.png", missing_ok=True)
             summary = {"steps": s.step, "epochs": self.epochs, "wall_time": s.wall_time,
                        "images_seen": s.images_seen, "handover": self.handover.state_dict(),
                        "online_accuracy": acc, "config": self._config()}

@@ -1,0 +1,115 @@
+"""README sections from committed results: "Performance" (benchmark ratios) and "Results" (the headline).
+
+Every figure carries its command and the machine it ran on:
+
+* Performance: each results file in ``benchmarks/results/*.json``, one ratio table per file, with the
+  file's command, date and machine.
+* Results: each headline experiment folder (``benchmarks/results/headline*/`` holding ``results.json``):
+  its ``table.md`` (mean +- std over seeds, plus the claim checks), its plot and its ``commands.txt``.
+
+Paths in the text are relative to ``base`` (the README's folder when splicing), so links and images resolve.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rela_fast.bench.ratios import ratio_table, ratios
+from rela_fast.bench.results import load_results, machine_line, result_files
+from rela_fast.errors import UserError
+
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+
+
+def performance_section(results_dir: Path, base: Path | None = None) -> str:
+    """The README "Performance" section: one speed-up table per results file in ``results_dir``."""
+    lines = ["## Performance", ""]
+    files = result_files(results_dir)
+    if not files:
+        lines.append(f"No benchmark results committed yet (`rela-fast bench run` writes them to "
+                     f"{_rel(results_dir, base)}/).")
+        return "\n".join(lines) + "\n"
+    lines += ["Speed-ups are ratios of medians of variants measured side by side in one run (pytest-benchmark); "
+              "print one file's table with `rela-fast bench report FILE`.", ""]
+    for path in files:
+        doc = load_results(path)
+        meta = doc.get("rela_fast", {})
+        lines += [f"### {path.stem}", "",
+                  f"Command: `{meta.get('command', 'rela-fast bench run')}`; machine: "
+                  f"{machine_line(meta.get('machine', {}))}; date: {meta.get('date', '?')}; file: "
+                  f"`{_rel(path, base)}`.", ""]
+        rows = ratios(doc)
+        lines += [ratio_table(rows, fmt="markdown") if rows else "(no baseline comparisons in this file)", ""]
+    return "\n".join(lines)
+
+
+def results_section(results_dir: Path, base: Path | None = None) -> str:
+    """The README "Results" section: each headline experiment's table, claim checks, plot and command."""
+    lines = ["## Results", ""]
+    dirs = sorted(p for p in Path(results_dir).glob("headline*") if (p / "results.json").is_file())
+    if not dirs:
+        lines.append("No headline results committed yet (`python benchmarks/headline.py` writes them).")
+        return "\n".join(lines) + "\n"
+    for d in dirs:
+        lines += [f"### {d.name}", ""]
+        table = d / "table.md"
+        if table.is_file():
+            lines.append(table.read_text().strip())
+        else:
+            lines.append(f"(`{_rel(d, base)}/results.json` has runs but no table yet: "
+                         f"`python benchmarks/headline.py --report --out {_rel(d, base)}`)")
+        lines.append("")
+        if (d / "plot.png").is_file():
+            lines += [f"![{d.name}]({_rel(d / 'plot.png', base)})", ""]
+        cmds = d / "commands.txt"
+        if cmds.is_file():
+            lines += ["```bash", cmds.read_text().strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def report_text(results_dir: Path, section: str = "all", base: Path | None = None) -> str:
+    """The chosen sections (``all``, ``performance`` or ``results``) as one markdown text."""
+    parts = []
+    if section in ("all", "performance"):
+        parts.append(performance_section(results_dir, base))
+    if section in ("all", "results"):
+        parts.append(results_section(results_dir, base))
+    return "\n".join(parts)
+
+
+def splice_readme(readme: Path, text: str) -> None:
+    """Replace what stands between the START and END markers of ``readme`` with ``text``, atomically.
+
+    The rest of the file is kept byte for byte; a file without exactly one START before one END is left
+    untouched and reported as a UserError.
+    """
+    readme = Path(readme)
+    try:
+        doc = readme.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{readme}: cannot read it as text ({exc}); pass the README.md to update") from None
+    if doc.count(START) != 1 or doc.count(END) != 1 or doc.index(START) > doc.index(END):
+        raise UserError(f"{readme}: needs exactly one {START} followed by one {END}; add them around the "
+                        f"generated sections")
+    head, rest = doc.split(START)
+    _, tail = rest.split(END)
+    target = readme.resolve()  # a symlinked README stays a symlink
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{head}{START}\n{text.strip()}\n{END}{tail}")
+        os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rel(path: Path, base: Path | None) -> str:
+    """``path`` relative to ``base`` (default: the working directory) when inside it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(base or Path.cwd()).resolve()).as_posix()
+    except ValueError:
+        return str(path)
