@@ -1,76 +1,153 @@
-"""End-to-end training input path on the CPU: one two-view batch, per-sample torchvision vs batched tensors.
+"""End-to-end BYOL training speed on Fashion-MNIST (CPU): steps/s of three ways to train the same model.
 
-Run: ``pytest benchmarks/bench_train_e2e.py --benchmark-only``. Group ``train_e2e: two views <recipe>
-b=<B> 28px cpu``; the baseline is the stock CPU loader's work for one batch (:class:`TwoViewDataset`:
-torchvision transforms-v2 per image, seeded per sample), the variant the demo's batched implementation of
-the same :class:`ViewSpec` recipe (:func:`rela_fast.demo.augment_batch`, one ``grid_sample`` for crop + flip,
-vectorised jitter / blur / solarize). Plus ``train_e2e: fit 4 steps b=<B> ...``: a whole 4-step
-``fit`` (set-up included) of the trainer with the batched loader, BYOL (baseline) vs ReLA phase 1.
+* ``public``: ``rela-fast train /usr/share/datasets/fashion-mnist --method byol ...``, the command users run
+  (the trainer picks the in-memory tensor view pipeline for IDX data by itself);
+* ``fasttrainer`` (the baseline until issue #12 landed): the old demo's ``FastTrainer`` subclass, from a
+  checkout of the commit before it (``--baseline-tree``; skipped when not given);
+* ``plain``: a plain PyTorch BYOL loop written the way lightly's examples do it: torchvision transforms
+  (the same BYOL recipe) in DataLoader worker processes, an eager model, AdamW.
+
+Every variant trains the same convnet-16 student with the same BYOL heads (512-128), batch 256, 28 px, one
+torch thread, in its own process; steady-state steps/s is measured after warm-up steps. Variants run
+interleaved, ``--rounds`` times, and the ratios of medians are reported (never absolute timings):
+
+    python benchmarks/bench_train_e2e.py --baseline-tree /path/to/checkout-before-#12 --out results.json
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from rela_fast.demo import augment_batch
-from rela_fast.train import TwoViewDataset, two_views
+DATA = "/usr/share/datasets/fashion-mnist"
 
-B = 64
+_PUBLIC = r"""
+import sys, time, torch
+torch.set_num_threads(1)
+from rela_fast.train import Callback, ReLATrainer
+warm, steps, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+class Clock(Callback):
+    def on_step_end(self, trainer, state):
+        if state.step == warm: self.t = time.perf_counter()
+        if state.step == warm + steps: print("RESULT", steps / (time.perf_counter() - self.t))
+t = ReLATrainer("convnet-16", "byol", None, epochs=1, batch_size=batch, lr=2e-3, weight_decay=1e-4, device="cpu",
+                max_steps=warm + steps, method_kwargs={"hidden_dim": 512, "proj_dim": 128}, callbacks=[Clock()])
+print("VIEWS", t.views_arg)
+t.fit(sys.argv[4])
+print("PIPELINE", type(t.views).__name__)
+"""
+
+_FAST = r"""
+import sys, time, torch
+torch.set_num_threads(1)
+from rela_fast.data import open_source
+from rela_fast.demo import FastTrainer
+warm, steps, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+src = open_source(sys.argv[4])
+class Probe:
+    pass
+tr = FastTrainer("convnet-16", "byol", None, epochs=1, batch_size=batch, lr=2e-3, weight_decay=1e-4,
+                 device="cpu", max_steps=warm + steps, method_kwargs={"hidden_dim": 512, "proj_dim": 128})
+t0 = {}
+orig = tr.method.on_step if hasattr(tr.method, "on_step") else None
+import rela_fast.train.methods as M
+base_on_step = M.BYOL.on_step
+def on_step(self, step, total):
+    base_on_step(self, step, total)
+    if step == warm: t0["t"] = time.perf_counter()
+    if step == warm + steps: print("RESULT", steps / (time.perf_counter() - t0["t"]))
+M.BYOL.on_step = on_step
+tr.fit(src)
+"""
+
+_PLAIN = r"""
+import sys, time, torch, numpy as np
+torch.set_num_threads(1)
+from torch.utils.data import DataLoader, Dataset
+from rela_fast.data import open_source
+from rela_fast.train import BYOL, create_backbone, build_torchvision, two_views
+warm, steps, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+src = open_source(sys.argv[4])
+images = src.array()
+t1, t2 = (build_torchvision(v) for v in two_views("byol", 28))
+class Views(Dataset):
+    def __len__(self): return len(images)
+    def __getitem__(self, i):
+        img = torch.from_numpy(images[i])[None].expand(3, -1, -1)
+        return t1(img), t2(img)
+torch.manual_seed(0)
+backbone, width, _ = create_backbone("convnet-16", 28)
+byol = BYOL(width, hidden_dim=512, proj_dim=128); byol.attach(backbone)
+params = [p for m in (backbone, byol) for p in m.parameters() if p.requires_grad]
+opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
+loader = DataLoader(Views(), batch_size=batch, shuffle=True, num_workers=2, drop_last=True, persistent_workers=True,
+                    worker_init_fn=lambda _: torch.set_num_threads(1))
+step = 0
+for v1, v2 in loader:
+    h = backbone(torch.cat([v1, v2]))
+    loss = byol.loss(h[:batch], h[batch:], v1, v2)
+    opt.zero_grad(); loss.backward(); opt.step()
+    step += 1; byol.on_step(step, warm + steps)
+    if step == warm: t = time.perf_counter()
+    if step == warm + steps:
+        print("RESULT", steps / (time.perf_counter() - t)); break
+"""
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def run_variant(name: str, code: str, tree: Path, args) -> float:
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code, str(args.warmup), str(args.steps), str(args.batch), args.data],
+                         env=env, cwd=tree, capture_output=True, text=True, timeout=3600)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    info = [ln for ln in out.stdout.splitlines() if ln.startswith("PIPELINE")]
+    if info:
+        print(f"  {name}: {info[0]}")
+    return float(lines[0].split()[1])
 
 
-def _images(n=B):
-    return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--baseline-tree", type=Path, help="checkout of the commit before #12 (its extension built)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    here = Path(__file__).resolve().parents[1]
+    variants = {"public": (_PUBLIC, here), "plain": (_PLAIN, here)}
+    if args.baseline_tree:
+        variants["fasttrainer"] = (_FAST, args.baseline_tree.resolve())
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(args.rounds):
+        for name, (code, tree) in variants.items():
+            rates[name].append(run_variant(name, code, tree, args))
+            print(f"round {r}: {name} {rates[name][-1]:.2f} steps/s", flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratios = {f"public/{k}": med["public"] / med[k] for k in med if k != "public"}
+    result = {
+        "suite": "train_e2e", "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/bench_train_e2e.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()} x{os.cpu_count()}, 1 torch thread per process, shared and noisy",
+        "setup": {"model": "convnet-16 + BYOL 512-128", "batch": args.batch, "image": "28 px",
+                  "warmup_steps": args.warmup, "timed_steps": args.steps, "rounds": args.rounds},
+        "steps_per_s": rates, "median_steps_per_s": med, "speedup": ratios,
+    }
+    print(json.dumps({"median_steps_per_s": med, "speedup": ratios}, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
-@pytest.mark.parametrize("recipe", ["byol", "rela"])
-@pytest.mark.parametrize("variant", ["torchvision_per_sample", "batched_tensor"])
-def test_two_view_batch(benchmark, recipe, variant):
-    from rela_fast.data import open_source
-
-    imgs = _images()
-    views = two_views(recipe, 28)
-    benchmark.group = f"train_e2e: two views {recipe} b={B} 28px cpu"
-    benchmark.extra_info.update(suite="train_e2e", variant=variant, baseline=variant == "torchvision_per_sample")
-    if variant == "torchvision_per_sample":
-        ds = TwoViewDataset(open_source(imgs), views)
-
-        def run():
-            return [ds[j] for j in range(B)]
-    else:
-        t = torch.from_numpy(imgs)[:, None]
-        gen = torch.Generator().manual_seed(0)
-
-        def run():
-            return augment_batch(t, views[0], gen), augment_batch(t, views[1], gen)
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
-
-
-@pytest.mark.parametrize("kind", ["byol", "rela_phase1"])
-def test_train_step(benchmark, kind):
-    from rela_fast.data import open_source
-    from rela_fast.demo import FastTrainer
-
-    n = 4 * B
-    src = open_source(_images(n), labels=np.arange(n) % 10)
-    targets = torch.randn(n, 64) if kind == "rela_phase1" else None
-    benchmark.group = f"train_e2e: fit 4 steps b={B} convnet-16 28px cpu"
-    benchmark.extra_info.update(suite="train_e2e", variant=kind, baseline=kind == "byol")
-
-    def run():
-        tr = FastTrainer("convnet-16", "byol", targets, budget=1.0, epochs=1, batch_size=B, device="cpu",
-                         handover="constant" if targets is not None else "adaptive",
-                         lambda_const=1.0 if targets is not None else None,
-                         method_kwargs={"hidden_dim": 512, "proj_dim": 128})
-        return tr.fit(src, resume=False)
-    result = benchmark.pedantic(run, rounds=3, warmup_rounds=0)
-    assert result.steps == 4
+if __name__ == "__main__":
+    sys.exit(main())

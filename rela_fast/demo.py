@@ -327,7 +327,10 @@ def choose_prior(cfg: DemoConfig) -> tuple[str, str]:
 
 def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
     """Run the demo end to end; prints its choices and the table, writes results.json and plot.png."""
+    from rela_fast.plotting import require_pyplot
+
     t_all = time.perf_counter()
+    require_pyplot("the demo's plot.png")  # fail in a second, not after the runs
     if cfg.setup.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--full: trains ResNet-18 on all of Fashion-MNIST and needs a CUDA GPU; "
                         "none is available here (run without --full for the CPU-sized demo)")
@@ -455,25 +458,23 @@ def regime_note(byol_acc: float, base: dict[str, float]) -> str:
 
 def format_table(results: list[dict[str, Any]], base: dict[str, float] | None = None) -> str:
     """The markdown table: baselines, then each run's budget, probe accuracy, steps, wall time incl. conversion."""
-    lines = ["| run | budget | probe acc. (%) | optimisation steps | wall time (s, incl. conversion) |",
-             "|---|---:|---:|---:|---:|"]
-    for key, label in BASELINE_LABELS.items() if base else ():
-        lines.append(f"| baseline: {label} | - | {100 * base[key]:.2f} | 0 | - |")
-    for r in results:
-        lines.append(f"| {r['name']} | {100 * r['spec']['budget']:.0f} % | {100 * r['acc']:.2f} | {r['steps']} | "
-                     f"{r['wall_s']:.1f} |")
-    return "\n".join(lines)
+    from rela_fast.tables import render_table
+
+    rows = [(f"baseline: {label}", "-", f"{100 * base[key]:.2f}", 0, "-") for key, label in BASELINE_LABELS.items()
+            ] if base else []
+    rows += [(r["name"], f"{100 * r['spec']['budget']:.0f} %", f"{100 * r['acc']:.2f}", r["steps"], f"{r['wall_s']:.1f}")
+             for r in results]
+    return render_table(("run", "budget", "probe acc. (%)", "optimisation steps", "wall time (s, incl. conversion)"),
+                        rows, align="lrrrr")
 
 
 def plot_curves(results: list[dict[str, Any]], path: Path, title: str = "",
                 baselines: dict[str, float] | None = None) -> Path:
     """Probe accuracy against optimisation steps (left) and wall time incl. conversion (right), with the
     baselines as horizontal lines."""
-    import matplotlib
+    from rela_fast.plotting import require_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = require_pyplot(str(path))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in results:
         pts = r["curve"]

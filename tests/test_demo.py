@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from rela_fast.cli import main
-from rela_fast.demo import DemoConfig, Setup, augment_batch, format_table, normalise, run_demo
-from rela_fast.train.augment import ViewSpec, two_views
+from rela_fast.demo import DemoConfig, Setup, format_table, normalise, run_demo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,9 +22,16 @@ def test_demo_end_to_end_tiny(fashion_mnist_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     # the choices are said in the output
     assert "256 of the 60000 train images" in out and "convnet-16" in out and "random init" in out
-    assert "untrained student: probe" in out
+    for label in ("raw pixels", "untrained student", "the prior's own targets"):
+        assert f"baseline, {label}" in out
+    assert "learning regime" in out  # the one-line verdict on whether BYOL learned at this budget
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
-    assert [r.split("|")[1].strip() for r in rows] == ["run", "BYOL 100%", "ReLA-BYOL 50%", "ReLA-BYOL 20%"]
+    assert [r.split("|")[1].strip() for r in rows][-3:] == ["BYOL 100%", "ReLA-BYOL 50%", "ReLA-BYOL 20%"]
+    assert all(0.0 <= v <= 1.0 for v in summary["baselines"].values())
+    # the demo's targets are an ordinary store of the IDX folder: the public CLI trains from them
+    assert main(["train", fashion_mnist_dir, "--targets", str(tmp_path / "demo" / "targets"), "--arch", "convnet-4",
+                 "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--out", str(tmp_path / "cli"),
+                 "--method-arg", "hidden_dim=16", "--method-arg", "proj_dim=8", "--no-progress"]) == 0
     runs = summary["runs"]
     # budget = fraction of the full run's steps: 256 / 32 = 8 steps; 128 / 32 = 4; round(51.2) // 32 = 1
     assert [r["steps"] for r in runs] == [8, 4, 1]
@@ -48,42 +54,18 @@ def test_missing_dataset_is_one_line_with_the_install_command(tmp_path, capsys):
     assert "apt-get install dataset-fashion-mnist" in err and str(tmp_path / "nowhere") in err
 
 
-def _images(n=6, seed=0):
-    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8))
-
-
-def test_batched_augmentation_identity_and_flip_match_direct_formulas():
-    imgs = _images()
-    still = ViewSpec(28, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0)
-    out = augment_batch(imgs, still, torch.Generator().manual_seed(0))
+def test_normalise_is_the_eval_transform_for_small_images():
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8))
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    ref = (imgs.float().expand(-1, 3, -1, -1) / 255 - mean) / std
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(normalise(imgs, 28), ref, atol=1e-5, rtol=1e-5)
-    flipped = augment_batch(imgs, ViewSpec(28, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, jitter_p=0.0,
-                                           gray_p=0.0), torch.Generator().manual_seed(0))
-    torch.testing.assert_close(flipped, ref.flip(-1), atol=1e-5, rtol=1e-5)
-    sol = augment_batch(imgs, ViewSpec(28, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0,
-                                       solarize_p=1.0), torch.Generator().manual_seed(0))
-    x = imgs.float().expand(-1, 3, -1, -1) / 255
-    torch.testing.assert_close(sol, (torch.where(x >= 0.5, 1 - x, x) - mean) / std, atol=1e-5, rtol=1e-5)
-
-
-def test_batched_augmentation_is_seeded_random_and_shaped():
-    imgs = _images(16)
-    for spec in two_views("byol", 24) + two_views("rela", 24):
-        a = augment_batch(imgs, spec, torch.Generator().manual_seed(3))
-        b = augment_batch(imgs, spec, torch.Generator().manual_seed(3))
-        c = augment_batch(imgs, spec, torch.Generator().manual_seed(4))
-        assert a.shape == (16, 3, 24, 24) and a.dtype == torch.float32 and torch.isfinite(a).all()
-        assert torch.equal(a, b) and not torch.equal(a, c)
-        assert not torch.allclose(a[0], a[1])  # per-sample draws differ
+    torch.testing.assert_close(normalise(imgs, 28), (imgs.float().expand(-1, 3, -1, -1) / 255 - mean) / std,
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_format_table_rows():
     runs = [{"name": "BYOL 100%", "spec": {"budget": 1.0}, "acc": 0.5, "steps": 10, "wall_s": 3.0},
             {"name": "ReLA-BYOL 20%", "spec": {"budget": 0.2}, "acc": 0.61234, "steps": 2, "wall_s": 1.25}]
-    lines = format_table(runs).splitlines()
-    assert lines[2] == "| BYOL 100% | 100 % | 50.00 | 10 | 3.0 |"
-    assert lines[3] == "| ReLA-BYOL 20% | 20 % | 61.23 | 2 | 1.2 |"
+    lines = format_table(runs, {"pixels": 0.8, "untrained": 0.7, "prior_targets": 0.75}).splitlines()
+    assert lines[2].startswith("| baseline: linear probe on the raw pixels | - | 80.00 |")
+    assert lines[5] == "| BYOL 100% | 100 % | 50.00 | 10 | 3.0 |"
+    assert lines[6] == "| ReLA-BYOL 20% | 20 % | 61.23 | 2 | 1.2 |"
