@@ -22,13 +22,16 @@ Policy without a budget (the subset size is random; its saving is what it prunes
 
 * ``"infobatch"``: InfoBatch (Qin et al., ICLR 2024) as its public code runs it, with r = ``prune_ratio``:
   every sample with score >= the mean of the finite scores is kept with weight 1; every sample below it is
-  kept independently with probability 1 - r (``hash(index) < (1 - r) 2**32``) and then weighted
-  ``1 / (1 - r)``; never-seen samples (score ``+inf``) are kept with weight 1. Returns ``(indices, weights)``.
-  The score is each sample's latest loss (a :class:`ScoreBook` with ``momentum=0``, see
-  :func:`score_momentum`); annealing to the full data is :class:`EpochSubset`'s (``epochs``, ``anneal``).
-  Published details we differ in, on purpose: the public code keeps exactly ``int((1 - r) |L|)`` of L (a
-  uniform draw of that size), we keep each independently (exactly unbiased, and a pure function of the
-  sample index); it scores unseen samples 3.0 inside the mean, we keep them outside it.
+  kept independently with probability 1 - r and then weighted ``1 / (1 - r)`` (float32); never-seen samples
+  (score ``+inf``) are kept with weight 1. Returns ``(indices, weights)``. The coin of sample i: kept when
+  ``hash32(i, stream_keys(seed, epoch, INFOBATCH_STREAM)) < int((1 - r) 2**32)``. The score is each
+  sample's latest loss (a :class:`ScoreBook` with ``momentum=0``, see :func:`score_momentum`); annealing
+  to the full data is :class:`EpochSubset`'s (``epochs``, ``anneal``).
+  Where the public code differs, on purpose: it keeps exactly ``int((1 - r) |L|)`` of L (a uniform draw
+  of that size, slightly biased by the rounding), we flip a coin per sample (exactly unbiased, a pure
+  function of the index); it scores unseen samples 3.0 inside the mean, we keep them out of it; it clamps
+  1 - r to >= 0.1, we accept any r in [0, 1); it prunes up to epoch ``anneal x epochs`` inclusive, we
+  anneal from that epoch on (ALGORITHM.md's "from 0.875 of the epochs on").
 
 The means are taken in float64 on the scores' device (so CPU and GPU could only disagree on a score within
 ~1e-16 of the mean). With ``labels`` (class or cluster ids) every policy is stratified: the budget policies
@@ -50,7 +53,7 @@ WEIGHTED_POLICIES = ("infobatch", "infobatch_budget")  # return (indices, weight
 LATEST_LOSS = ("infobatch", "infobatch_budget")  # score = the latest loss (ScoreBook momentum 0)
 EMA_MOMENTUM = 0.9  # the ScoreBook's default: the other score policies select on an EMA of the loss
 _MODES = {"random": RANDOM, "topk": LARGEST, "bottomk": SMALLEST, "weighted": WEIGHTED}
-_INFOBATCH_SALT = 0x494E464F  # "INFO": InfoBatch's keep draw differs from the random policy's stream
+INFOBATCH_STREAM = 0x494E464F  # "INFO": the salt of InfoBatch's keep draw (not the random policy's stream)
 
 
 def score_momentum(policy: str) -> float:
@@ -247,7 +250,7 @@ def select_subset(
     labels = _check_labels(labels, n, device)
     if policy == "infobatch":
         groups = None if labels is None else torch.unique(labels, return_inverse=True)[1]
-        return _infobatch(values, groups, prune_ratio, stream_keys(seed, epoch, _INFOBATCH_SALT), backend, device)
+        return _infobatch(values, groups, prune_ratio, stream_keys(seed, epoch, INFOBATCH_STREAM), backend, device)
     keys = stream_keys(seed, epoch)
     if labels is None:
         idx, weights = _one_group(values, None, n, k, policy, prune_ratio, keys, backend, device)

@@ -10,10 +10,11 @@ they need ``momentum=0`` (selection rejects another book for them); the other sc
 the EMA (0.9). :func:`rela_fast.subset.score_momentum` gives the momentum of a policy.
 
 Update rule (one kernel launch per batch on CUDA; see :mod:`rela_fast.ops.scores.reference`): a sample's
-first loss sets its score, later ones give ``score = m * score + (1 - m) * loss`` (``m = 0``: exactly the latest loss); duplicate indices in a
-batch contribute their largest loss once and count every occurrence; non-finite losses are skipped; an
-out-of-range index rejects the batch with a UserError (on CUDA the error is raised at the next
-:meth:`ScoreBook.check`, which selection and ``state_dict`` call, so training steps never wait on the host).
+first loss sets its score, later ones give ``score = m * score + (1 - m) * loss`` (``m = 0``: exactly the
+latest loss); duplicate indices in a batch contribute their largest loss once and count every occurrence;
+non-finite losses are skipped; an out-of-range index rejects the batch with a UserError (on CUDA the error
+is raised at the next :meth:`ScoreBook.check`, which selection and ``state_dict`` call, so training steps
+never wait on the host).
 """
 
 from __future__ import annotations
