@@ -244,10 +244,13 @@ def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
     torch.testing.assert_close(got_per, per)
     got2, _ = transfer_loss(h, w, b, y, sample_weights=torch.tensor([0.0, 3.0, 0.0]))
     torch.testing.assert_close(got2, per[1])
+    # infobatch as published has no budget: epoch 0 sees every (still unseen) sample, epoch 1 a pruned subset
     trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20,
                           subset_policy="infobatch", method_kwargs=SMALL)
-    trainer.fit(_data(fmnist))
-    assert trainer.steps_per_epoch == 6 and trainer.step == 12
+    result = trainer.fit(_data(fmnist))
+    sizes = [r["subset_size"] for r in result.history if r.get("event") == "epoch"]
+    assert trainer.scores.momentum == 0.0 and sizes[0] == trainer.n and sizes[1] < trainer.n
+    assert trainer.steps_per_epoch == trainer.n // 20 and trainer.step == trainer.n // 20 + sizes[1] // 20
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

@@ -36,6 +36,7 @@ from rela_fast.subset.policies import (
     check_book,
     check_policy,
     check_prune_ratio,
+    score_momentum,
     select_subset,
 )
 from rela_fast.subset.scorebook import ScoreBook
@@ -275,3 +276,30 @@ def _anneal_epoch(policy: str, epochs, anneal) -> int | None:
         raise UserError(f"epochs: {epochs!r}; policy {policy!r} anneals to unweighted data from anneal x epochs "
                         "(InfoBatch's last epochs), so pass the run's epoch count, or anneal=False never to anneal")
     return math.ceil(round(float(anneal) * epochs, 9))
+
+
+def build_subset(
+    n: int,
+    policy: str,
+    *,
+    budget: float,
+    epochs: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    prune_ratio: float = 0.5,
+    momentum: float | None = None,
+    **sampler_kw,
+) -> tuple[ScoreBook, EpochSubset]:
+    """The ScoreBook and EpochSubset a training run of ``epochs`` epochs over n samples uses for ``policy``.
+
+    The book keeps the score ``policy`` selects on (:func:`score_momentum`: the latest loss for the InfoBatch
+    policies, else an EMA; ``momentum`` overrides it). Budget policies draw ``budget x n`` samples per epoch;
+    ``"infobatch"`` ignores ``budget`` (its size is random) and prunes with ``prune_ratio``. ``epochs`` places
+    the InfoBatch annealing; ``sampler_kw`` go to :class:`EpochSubset` (labels, anneal, pad, rank, ...).
+    """
+    check_policy(policy)
+    book = ScoreBook(n, device, momentum=score_momentum(policy) if momentum is None else momentum)
+    size = {} if policy in UNBUDGETED else {"ratio": budget}
+    sampler = EpochSubset(book, policy=policy, prune_ratio=prune_ratio, epochs=epochs, seed=seed, **size,
+                          **sampler_kw)
+    return book, sampler

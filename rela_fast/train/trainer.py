@@ -36,6 +36,7 @@ from torch import nn
 
 from rela_fast.distributed import init_from_env, rank_and_world
 from rela_fast.errors import UserError
+from rela_fast.subset.policies import POLICIES, WEIGHTED_POLICIES
 from rela_fast.train.augment import two_views
 from rela_fast.train.backbones import create_backbone, feature_dim
 from rela_fast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -51,7 +52,6 @@ __all__ = ["ReLATrainer", "Student", "TrainResult", "build_optimizer", "lr_at"]
 CHECKPOINT_FORMAT = "rela_fast.train/1"
 # Test hook: SIGKILL this process right after optimiser step N (resume tests).
 KILL_AFTER_STEP_ENV = "RELA_FAST_TRAIN_KILL_AFTER_STEP"
-POLICIES = ("random", "topk", "bottomk", "weighted", "infobatch")
 
 
 @dataclass
@@ -363,14 +363,13 @@ class ReLATrainer:
         self.warmup_steps = int(round(self.warmup * self.total_steps))
 
     def _build_subset(self) -> None:
-        from rela_fast.subset import EpochSubset, ScoreBook
+        from rela_fast.subset import build_subset
 
-        book_kw = {} if self.score_momentum is None else {"momentum": self.score_momentum}
-        self.scores = ScoreBook(self.n, self.device, **book_kw)
         kw = dict(self.subset_kwargs)
         if self.stratify and self.labels is not None:
             kw.setdefault("labels", self.labels.to(self.device))
-        self.sampler = EpochSubset(self.scores, ratio=self.budget, policy=self.policy, seed=self.seed, **kw)
+        self.scores, self.sampler = build_subset(self.n, self.policy, budget=self.budget, epochs=self.epochs,
+                                                 seed=self.seed, device=self.device, momentum=self.score_momentum, **kw)
         self.sampler.set_epoch(0)
         self.sampler_len = len(self.sampler)
 
@@ -447,7 +446,7 @@ class ReLATrainer:
 
     def _current_shard(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         shard = self.sampler.shard()
-        weights = self.sampler.weights_for(shard).cpu() if self.policy == "infobatch" else None
+        weights = self.sampler.weights_for(shard).cpu() if self.policy in WEIGHTED_POLICIES else None
         return shard, weights
 
     def _loader(self, epoch: int, shard: torch.Tensor, start: int, stop: int):
@@ -526,7 +525,7 @@ class ReLATrainer:
                 acc = self._epoch_accuracy()
                 if main:
                     log.log({"event": "epoch", "epoch": epoch, "step": self.step, "phase": self.handover.phase,
-                             "online_acc": acc, "subset_size": int(self.sampler.k),
+                             "online_acc": acc, "subset_size": self.sampler.size(),
                              "subset_digest": epoch_digest, "wall_time": self._elapsed(),
                              "complete": epoch_done})
                 if epoch_done:
