@@ -215,6 +215,10 @@ def test_unseen_samples_are_kept_with_weight_one_and_stay_out_of_the_mean():
     fresh = ScoreBook(30, momentum=0)  # nothing seen yet: the first epoch is the full data
     idx, w = select_subset(fresh, policy="infobatch", seed=0, epoch=0)
     assert idx.tolist() == list(range(30)) and bool((w == 1).all())
+    book.reset()  # e.g. at the hand-over, when the scored loss changes: every sample unseen again
+    assert torch.isinf(book.score).all() and int(book.seen.sum()) == 0 and bool((book.last_epoch == -1).all())
+    idx, w = select_subset(book, policy="infobatch", seed=0, epoch=3)
+    assert idx.numel() == 100 and bool((w == 1).all())
 
 
 # -- EpochSubset: annealing, lengths, shards, resume ---------------------------------------------------------

@@ -73,6 +73,18 @@ class ScoreBook:
         """The epoch stamped by later updates that pass no ``epoch``."""
         self.epoch = int(epoch)
 
+    def reset(self) -> None:
+        """Forget every score: all samples unseen again (``initial``, seen 0, last epoch -1).
+
+        For when the loss being scored changes, e.g. at the hand-over from the ReLA loss to the method's
+        own (another scale): InfoBatch then keeps every sample until it has a loss of the new kind. Every
+        rank must reset at the same step (the hand-over switches on all ranks together).
+        """
+        self.score.fill_(self.initial)
+        self.seen.zero_()
+        self.last_epoch.fill_(-1)
+        self._seen_at_sync.zero_()
+
     def update(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int | None = None) -> None:
         """Scatter one batch: ``indices`` (int, B) of samples and their per-sample ``losses`` (float, B)."""
         if not isinstance(indices, torch.Tensor) or not isinstance(losses, torch.Tensor):
