@@ -215,6 +215,10 @@ def test_unseen_samples_are_kept_with_weight_one_and_stay_out_of_the_mean():
     fresh = ScoreBook(30, momentum=0)  # nothing seen yet: the first epoch is the full data
     idx, w = select_subset(fresh, policy="infobatch", seed=0, epoch=0)
     assert idx.tolist() == list(range(30)) and bool((w == 1).all())
+    other = ScoreBook(100, momentum=0, initial=3.0)  # InfoBatch's own initial score: still unseen
+    other.update(seen, torch.linspace(0, 1, 50) ** 2)
+    assert torch.equal(select_subset(other, policy="infobatch", seed=0, epoch=4)[0],
+                       select_subset(book, policy="infobatch", seed=0, epoch=4)[0])
     book.reset()  # e.g. at the hand-over, when the scored loss changes: every sample unseen again
     assert torch.isinf(book.score).all() and int(book.seen.sum()) == 0 and bool((book.last_epoch == -1).all())
     idx, w = select_subset(book, policy="infobatch", seed=0, epoch=3)

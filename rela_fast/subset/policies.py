@@ -23,7 +23,8 @@ Policy without a budget (the subset size is random; its saving is what it prunes
 * ``"infobatch"``: InfoBatch (Qin et al., ICLR 2024) as its public code runs it, with r = ``prune_ratio``:
   every sample with score >= the mean of the finite scores is kept with weight 1; every sample below it is
   kept independently with probability 1 - r and then weighted ``1 / (1 - r)`` (float32); never-seen samples
-  (score ``+inf``) are kept with weight 1. Returns ``(indices, weights)``. The coin of sample i: kept when
+  (score ``+inf``, or never updated in a :class:`ScoreBook`) are kept with weight 1. Returns
+  ``(indices, weights)``. The coin of sample i: kept when
   ``hash32(i, stream_keys(seed, epoch, INFOBATCH_STREAM)) < int((1 - r) 2**32)``. The score is each
   sample's latest loss (a :class:`ScoreBook` with ``momentum=0``, see :func:`score_momentum`); annealing
   to the full data is :class:`EpochSubset`'s (``epochs``, ``anneal``).
@@ -194,7 +195,10 @@ def _values(scores, policy: str):
     if isinstance(scores, ScoreBook):
         check_book(scores, policy)
         scores.check()
-        scores = scores.score
+        if policy in LATEST_LOSS:  # never updated = unseen, whatever the book's initial score
+            scores = torch.where(scores.seen > 0, scores.score, float("inf"))
+        else:
+            scores = scores.score
     if isinstance(scores, int) and not isinstance(scores, bool):
         if policy != "random":
             raise UserError(f"scores: an int (N={scores}) only works with policy 'random'; pass a score tensor")
