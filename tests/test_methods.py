@@ -12,7 +12,7 @@ from torch import nn
 from rela_fast.errors import UserError
 from rela_fast.train import BYOL, DINO, Method, SimCLR, Supervised, create_method, two_views
 from rela_fast.train.augment import build_torchvision
-from rela_fast.train.methods import cosine_momentum
+from rela_fast.train.methods import cosine_momentum, loss_terms
 
 B, F = 5, 6
 
@@ -156,6 +156,85 @@ def test_supervised_cross_entropy():
         m.loss(h1, h2)
 
 
+# -- per-sample losses: each method against its formula, sample by sample ----------------------------------
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _byol_per_sample(m, h1, h2, v1, v2, y):
+    p1, p2 = m.predictor(m.projector(h1)).double().numpy(), m.predictor(m.projector(h2)).double().numpy()
+    t = m.target_backbone(torch.cat([v1, v2]))
+    z1, z2 = m.target_projector(t[:B]).double().numpy(), m.target_projector(t[B:]).double().numpy()
+    return [(2 - 2 * _cos(p1[i], z2[i])) + (2 - 2 * _cos(p2[i], z1[i])) for i in range(B)]
+
+
+def _simclr_per_sample(m, h1, h2, v1, v2, y):
+    z = torch.cat([m.projector(h1), m.projector(h2)]).double().numpy()
+    n = 2 * B
+    sim = [[_cos(z[a], z[k]) / m.temperature for k in range(n)] for a in range(n)]
+    anchor = [-sim[a][(a + B) % n] + math.log(sum(math.exp(sim[a][k]) for k in range(n) if k != a))
+              for a in range(n)]
+    return [(anchor[i] + anchor[i + B]) / 2 for i in range(B)]
+
+
+def _dino_per_sample(m, h1, h2, v1, v2, y):
+    s = m.head(torch.cat([h1, h2])).double().numpy()
+    t = m.teacher_head(m.teacher_backbone(torch.cat([v1, v2]))).double().numpy()
+    c = m.center.double().numpy()
+    out = []
+    for i in range(B):
+        pt1, pt2 = _softmax((t[i] - c) / m.teacher_temp), _softmax((t[B + i] - c) / m.teacher_temp)
+        ls1, ls2 = np.log(_softmax(s[i] / m.student_temp)), np.log(_softmax(s[B + i] / m.student_temp))
+        out.append((-(pt2 * ls1).sum() - (pt1 * ls2).sum()) / 2)
+    return out
+
+
+def _supervised_per_sample(m, h1, h2, v1, v2, y):
+    a, b = m.classifier(h1).double().numpy(), m.classifier(h2).double().numpy()
+
+    def ce(logits, k):
+        return -(logits[k] - math.log(np.exp(logits).sum()))
+
+    return [(ce(a[i], int(y[i])) + ce(b[i], int(y[i]))) / 2 for i in range(B)]
+
+
+PER_SAMPLE = {
+    "byol": (lambda: BYOL(F, proj_dim=3, hidden_dim=7), _byol_per_sample),
+    "simclr": (lambda: SimCLR(F, proj_dim=4, hidden_dim=8, temperature=0.3), _simclr_per_sample),
+    "dino": (lambda: DINO(F, out_dim=9, hidden_dim=8, bottleneck_dim=4, student_temp=0.2, teacher_temp=0.05),
+             _dino_per_sample),
+    "supervised": (lambda: Supervised(F, num_classes=3), _supervised_per_sample),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_SAMPLE))
+def test_per_sample_loss_matches_each_samples_formula_and_loss_is_its_weighted_mean(name):
+    torch.manual_seed(5)
+    make, formula = PER_SAMPLE[name]
+    backbone = _backbone()
+    m = make()
+    m.attach(backbone)
+    m.eval()  # DINO's centre stays put, so repeated calls see the same centre
+    v1, v2 = _inputs(3)
+    h1, h2 = backbone(v1), backbone(v2)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    per = m.per_sample_loss(h1, h2, v1, v2, labels=y)
+    assert per.shape == (B,) and per.dtype == torch.float32 and per.requires_grad
+    with torch.no_grad():
+        expected = formula(m, h1, h2, v1, v2, y)
+    np.testing.assert_allclose(per.detach().double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    w = torch.rand(B, generator=torch.Generator().manual_seed(1)) * 3
+    assert m.loss(h1, h2, v1, v2, labels=y, weights=w).item() == pytest.approx(
+        float(np.mean(np.asarray(expected) * w.double().numpy())), rel=1e-5)
+    assert m.loss(h1, h2, v1, v2, labels=y).item() == pytest.approx(float(np.mean(expected)), rel=1e-5)
+    loss, detached = loss_terms(m, h1, h2, v1, v2, labels=y, weights=w)
+    assert torch.equal(detached, per.detach()) and not detached.requires_grad
+    assert torch.equal(loss, m.loss(h1, h2, v1, v2, labels=y, weights=w)) and loss.requires_grad
+
+
 def test_create_method_and_protocol():
     assert isinstance(create_method("BYOL", 8, hidden_dim=16), BYOL)
     assert isinstance(create_method("simclr", 8), SimCLR)
@@ -174,6 +253,11 @@ def test_create_method_and_protocol():
     m.attach(nn.Linear(2, 4))
     assert m.online is not None and not list(m.children())  # the backbone is not registered in the method
     assert m.loss(torch.ones(2, 4), torch.zeros(2, 4)).item() == 1.0
+    assert not m.has_per_sample_loss and BYOL(F, hidden_dim=4).has_per_sample_loss
+    loss, per = loss_terms(m, torch.ones(2, 4), torch.zeros(2, 4), weights=torch.ones(2))
+    assert loss.item() == 1.0 and per is None  # trains; gives no per-sample scores
+    with pytest.raises(NotImplementedError, match="per_sample_loss"):
+        m.per_sample_loss(torch.ones(2, 4), torch.zeros(2, 4))
     assert m.augmentation(32)[0].size == 32
 
 

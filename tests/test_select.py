@@ -245,6 +245,61 @@ def test_score_update_rejects_out_of_range(backend, request):
     assert int(seen.sum()) == 0 and torch.isinf(score).all()
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_score_update_rejects_mismatched_buffers(backend, request):
+    """Before the entry checks the C++ kernel sized seen/last_epoch by score and wrote past a shorter one
+    (segfault); every backend now refuses such buffers with a UserError naming the argument, writing nothing."""
+    if backend == "triton":
+        request.getfixturevalue("triton_interpret")
+    n = 200_000
+    fn = dispatch("score_update", "cpu", backend)
+    idx, loss = torch.arange(n - 1000, n), torch.ones(1000)
+
+    def call(name, value, batch=(idx, loss)):
+        state = list(_book(n))
+        pos = {"score": 0, "seen": 1, "last_epoch": 2}.get(name)
+        if pos is not None:
+            state[pos] = value
+        before = [t.clone() for t in state[:3]]
+        with pytest.raises(UserError, match=f"^{name}: "):
+            fn(*state[:3], *batch, 0.5, 0.5, 0, state[3])
+        assert all(x.is_meta or torch.equal(x, y) for x, y in zip(before, state[:3]))
+
+    call("seen", torch.zeros(3, dtype=torch.int32))
+    call("last_epoch", torch.full((n - 1,), -1, dtype=torch.int32))
+    call("seen", torch.zeros(n, dtype=torch.int64))
+    call("score", torch.full((n,), float("inf"), dtype=torch.float64))
+    call("score", torch.full((2 * n,), float("inf"))[::2])
+    call("seen", torch.zeros(n, dtype=torch.int32, device="meta"))
+    call("losses", None, (idx, torch.ones(999)))
+    call("indices", None, (idx.float(), loss))
+    call("indices", None, (idx.view(10, 100), loss.view(10, 100)))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_select_rejects_mismatched_buffers(backend, request):
+    if backend == "triton":
+        request.getfixturevalue("triton_interpret")
+    mod = backend_module(backend)
+    n, keys = 100_000, KEYS
+    v, ids = torch.rand(n), torch.arange(n, dtype=torch.int64)
+    for values, i, k, match in [
+        (v[:10], None, 5, "^values: "),  # shorter than n
+        (None, ids[:10], 5, "^ids: "),
+        (v.double(), None, 5, "^values: "),  # wrong dtype
+        (None, ids.int(), 5, "^ids: "),
+        (torch.rand(2 * n)[::2], None, 5, "^values: "),  # not contiguous
+        (None, torch.empty(n, dtype=torch.int64, device="meta"), 5, "^ids: "),  # another device
+        (v, None, n + 1, "^k: "),
+    ]:
+        mode = RANDOM if values is None else LARGEST
+        with pytest.raises(UserError, match=match):
+            mod.select(values, i, n, k, mode, keys, "cpu")
+        if k <= n:
+            with pytest.raises(UserError, match=match):
+                mod.keys(values, i, n, mode, keys, "cpu")
+
+
 def test_cpp_many_chunks_match_reference():
     before = torch.get_num_threads()
     gen = torch.Generator().manual_seed(3)

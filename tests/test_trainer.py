@@ -106,8 +106,8 @@ def test_handover_switches_to_method_loss_and_augmentation(fmnist, store_dir):
     assert steps[0]["rela_loss"] is not None and steps[0]["method_loss"] is None
     assert all(r["method_loss"] is not None and r["rela_loss"] is None for r in steps[1:])
     assert 0 < steps[1]["method_loss"] < 8  # BYOL's symmetric 2 - 2cos, summed over the two directions
-    # only phase-1 steps fed the ScoreBook (one batch of 20)
-    assert int(trainer.scores.seen.sum()) == 20
+    # phase 2 scores come from BYOL's own per-sample loss (the book was reset at the switch): 11 batches of 20
+    assert int(trainer.scores.seen.sum()) == 11 * 20
     # after the switch the loader serves the method's (BYOL) augmentation
     assert spy.calls[0][:3] == (two_views("rela", 28), 1, 0)
     assert spy.calls[1][:3] == (two_views("byol", 28), 2, 0) and spy.calls[1][3] == 120 - 20  # from the same spot
@@ -261,10 +261,13 @@ def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
     torch.testing.assert_close(got_per, per)
     got2, _ = transfer_loss(h, w, b, y, sample_weights=torch.tensor([0.0, 3.0, 0.0]))
     torch.testing.assert_close(got2, per[1])
+    # infobatch as published has no budget: epoch 0 sees every (still unseen) sample, epoch 1 a pruned subset
     trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20,
                           subset_policy="infobatch", method_kwargs=SMALL)
-    trainer.fit(_data(fmnist))
-    assert trainer.steps_per_epoch == 6 and trainer.state.step == 12
+    result = trainer.fit(_data(fmnist))
+    sizes = [r["subset_size"] for r in result.history if r.get("event") == "epoch"]
+    assert trainer.scores.momentum == 0.0 and sizes[0] == trainer.n and sizes[1] < trainer.n
+    assert trainer.steps_per_epoch == trainer.n // 20 and trainer.state.step == trainer.n // 20 + sizes[1] // 20
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):

@@ -1,15 +1,20 @@
 """ScoreBook: per-sample training scores kept on the device, updated from each batch's per-sample losses.
 
-State (tensors on ``device``): ``score`` (float32: the EMA of the sample's loss; ``initial`` until the
-sample is first seen, +inf by default so that never-seen samples rank first for ``"topk"``,
-``"weighted"`` and ``"infobatch"``), ``seen`` (int32: how many finite losses it received) and
-``last_epoch`` (int32: the epoch of its latest update, -1 if never).
+State (tensors on ``device``): ``score`` (float32: the EMA of the sample's loss, or with ``momentum=0`` its
+latest loss; ``initial`` until the sample is first seen, +inf by default so that never-seen samples rank
+first for ``"topk"`` and ``"weighted"`` and are always kept by the InfoBatch policies), ``seen`` (int32:
+how many finite losses it received) and ``last_epoch`` (int32: the epoch of its latest update, -1 if never).
+
+Which momentum: the InfoBatch policies score each sample by its *latest* loss (as InfoBatch does), so
+they need ``momentum=0`` (selection rejects another book for them); the other score policies default to
+the EMA (0.9). :func:`rela_fast.subset.score_momentum` gives the momentum of a policy.
 
 Update rule (one kernel launch per batch on CUDA; see :mod:`rela_fast.ops.scores.reference`): a sample's
-first loss sets its score, later ones give ``score = m * score + (1 - m) * loss``; duplicate indices in a
-batch contribute their largest loss once and count every occurrence; non-finite losses are skipped; an
-out-of-range index rejects the batch with a UserError (on CUDA the error is raised at the next
-:meth:`ScoreBook.check`, which selection and ``state_dict`` call, so training steps never wait on the host).
+first loss sets its score, later ones give ``score = m * score + (1 - m) * loss`` (``m = 0``: exactly the
+latest loss); duplicate indices in a batch contribute their largest loss once and count every occurrence;
+non-finite losses are skipped; an out-of-range index rejects the batch with a UserError (on CUDA the error
+is raised at the next :meth:`ScoreBook.check`, which selection and ``state_dict`` call, so training steps
+never wait on the host).
 """
 
 from __future__ import annotations
@@ -67,6 +72,18 @@ class ScoreBook:
     def set_epoch(self, epoch: int) -> None:
         """The epoch stamped by later updates that pass no ``epoch``."""
         self.epoch = int(epoch)
+
+    def reset(self) -> None:
+        """Forget every score: all samples unseen again (``initial``, seen 0, last epoch -1).
+
+        For when the loss being scored changes, e.g. at the hand-over from the ReLA loss to the method's
+        own (another scale): InfoBatch then keeps every sample until it has a loss of the new kind. Every
+        rank must reset at the same step (the hand-over switches on all ranks together).
+        """
+        self.score.fill_(self.initial)
+        self.seen.zero_()
+        self.last_epoch.fill_(-1)
+        self._seen_at_sync.zero_()
 
     def update(self, indices: torch.Tensor, losses: torch.Tensor, epoch: int | None = None) -> None:
         """Scatter one batch: ``indices`` (int, B) of samples and their per-sample ``losses`` (float, B)."""

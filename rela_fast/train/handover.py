@@ -11,16 +11,38 @@ Opt-in soft schedule (``soft_steps > 0``): the paper's ``L = lam L_ReLA + (1 - l
 in phase 1; the k-th step after the switch uses ``lam = 1 - k / (soft_steps + 1)`` (k = 1 .. soft_steps), then 0,
 instead of jumping from 1 to 0. Blended steps use the method's augmentation.
 :attr:`rela_weight` is that ``lam``; the trainer computes the ReLA loss while it is above 0.
+
+What the rule watches: the plain ReLA loss, never a re-weighted one. Subset policies with loss weights
+(InfoBatch's ``1 / (1 - r)``) change the training loss, whose mean weight is not 1, while the rule's
+constants are tuned for the plain loss; :func:`handover_value` computes the value to pass to
+:meth:`HandOver.update` from the unweighted per-sample losses, whatever the policy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from rela_fast.errors import UserError
 
 MODES = ("adaptive", "constant", "off")
+
+
+def handover_value(per_sample: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The batch ReLA loss the hand-over rule watches for one optimiser step, without any loss weights.
+
+    ``per_sample``: the unweighted per-sample ReLA losses of one micro-batch (B,), or a sequence of them,
+    one per gradient-accumulation micro-batch. Returns the mean over micro-batches of each one's plain mean
+    (ALGORITHM.md: "averaged over gradient-accumulation steps"), a 0-d float64 tensor on the losses'
+    device (no host sync). Under DDP average it over ranks before :meth:`HandOver.update`.
+    """
+    parts = [per_sample] if isinstance(per_sample, torch.Tensor) else list(per_sample)
+    if not parts or any(p.numel() == 0 for p in parts):
+        raise ValueError("handover_value: needs the per-sample losses of at least one non-empty micro-batch")
+    return torch.stack([p.detach().to(torch.float64).mean() for p in parts]).mean()
 
 
 class HandOver:

@@ -4,14 +4,17 @@ A :class:`Method` is an ``nn.Module`` holding the method's heads (and teacher ne
 a custom loop, calls, in this order:
 
 1. ``method.attach(backbone)`` once: methods with a momentum teacher (BYOL, DINO) copy the backbone here;
-2. per micro-batch ``method.loss(h1, h2, v1, v2, labels=None, weights=None)`` where ``h1``/``h2`` are the
-   online backbone's features of the two views (B x F) and ``v1``/``v2`` the view images (for the
-   teacher); ``weights`` are optional per-sample loss weights (InfoBatch), the loss is
-   ``mean_i(w_i * l_i)``;
+2. per micro-batch ``method.per_sample_loss(h1, h2, v1, v2, labels=None)``: each sample's loss ``l_i`` (B,),
+   where ``h1``/``h2`` are the online backbone's features of the two views (B x F) and ``v1``/``v2`` the
+   view images (for the teacher); or ``method.loss(h1, h2, v1, v2, labels=None, weights=None)``, the
+   weighted mean ``mean_i(w_i * l_i)`` of it (``weights``: optional per-sample loss weights, e.g.
+   InfoBatch's). :func:`loss_terms` gives both from one forward: the loss to optimise and the per-sample
+   losses that keep the ScoreBook's scores fresh after the hand-over;
 3. after each optimiser step ``method.on_step(step, total_steps)``: the momentum update of the teacher.
 
 ``method.augmentation(size)`` gives the method's own pair of view specs (:mod:`rela_fast.train.augment`).
-Bring your own method by subclassing :class:`Method` and passing the instance to the trainer.
+Bring your own method by subclassing :class:`Method` (implement ``per_sample_loss``; a method that only
+overrides ``loss`` still trains, without per-sample scores) and passing the instance to the trainer.
 
 lightly is not a dependency: the heads and losses are written here, short, and tested against the
 direct formulas (``tests/test_methods.py``).
@@ -37,7 +40,8 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     )
 
 
-def _reduce(per_sample: Tensor, weights: Tensor | None) -> Tensor:
+def weighted_mean(per_sample: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``mean_i(w_i * l_i)`` (the plain mean without weights): the batch loss of per-sample losses."""
     if weights is None:
         return per_sample.mean()
     return (per_sample * weights.to(per_sample.dtype)).mean()
@@ -69,7 +73,8 @@ def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0
 
 
 class Method(nn.Module):
-    """Protocol of a method; subclasses implement :meth:`loss` and may override the rest."""
+    """Protocol of a method; subclasses implement :meth:`per_sample_loss` (or, older style, only :meth:`loss`)
+    and may override the rest."""
 
     name = "method"
     recipe = "byol"
@@ -88,9 +93,21 @@ class Method(nn.Module):
         """Remember the student's backbone (teacher methods copy it here)."""
         self.__dict__["_online"] = backbone
 
+    def per_sample_loss(self, h1: Tensor, h2: Tensor, v1: Tensor | None = None, v2: Tensor | None = None,
+                        labels: Tensor | None = None) -> Tensor:
+        """Each sample's loss, shape (B,), float32, differentiable (also the method's per-step side effects,
+        e.g. DINO's centre update, which happen once per call)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no per_sample_loss")
+
     def loss(self, h1: Tensor, h2: Tensor, v1: Tensor | None = None, v2: Tensor | None = None,
              labels: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """The batch loss: ``mean_i(w_i * l_i)`` of :meth:`per_sample_loss` (the plain mean without weights)."""
+        return weighted_mean(self.per_sample_loss(h1, h2, v1, v2, labels=labels), weights)
+
+    @property
+    def has_per_sample_loss(self) -> bool:
+        """Whether this method gives per-sample losses (False for a method that only overrides ``loss``)."""
+        return type(self).per_sample_loss is not Method.per_sample_loss
 
     def on_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` = steps done so far)."""
@@ -125,7 +142,7 @@ class BYOL(Method):
         super().attach(backbone)
         self.target_backbone = _frozen_copy(backbone)
 
-    def loss(self, h1, h2, v1=None, v2=None, labels=None, weights=None):
+    def per_sample_loss(self, h1, h2, v1=None, v2=None, labels=None):
         if self.target_backbone is None:
             raise RuntimeError("BYOL.attach(backbone) must be called before loss()")
         p1 = self.predictor(self.projector(h1))
@@ -135,9 +152,8 @@ class BYOL(Method):
             b = h1.shape[0]
             z1t = self.target_projector(t[:b])
             z2t = self.target_projector(t[b:])
-        per = (2 - 2 * F.cosine_similarity(p1.float(), z2t.float(), dim=-1)) + (
+        return (2 - 2 * F.cosine_similarity(p1.float(), z2t.float(), dim=-1)) + (
             2 - 2 * F.cosine_similarity(p2.float(), z1t.float(), dim=-1))
-        return _reduce(per, weights)
 
     def on_step(self, step, total_steps):
         self.momentum = cosine_momentum(step, total_steps, self.base_momentum, self.final_momentum)
@@ -171,8 +187,8 @@ class SimCLR(Method):
         self.projector = mlp(feature_dim, hidden_dim, proj_dim)
         self.temperature = temperature
 
-    def loss(self, h1, h2, v1=None, v2=None, labels=None, weights=None):
-        return _reduce(nt_xent(self.projector(h1), self.projector(h2), self.temperature), weights)
+    def per_sample_loss(self, h1, h2, v1=None, v2=None, labels=None):
+        return nt_xent(self.projector(h1), self.projector(h2), self.temperature)
 
 
 class DINOHead(nn.Module):
@@ -222,7 +238,7 @@ class DINO(Method):
         super().attach(backbone)
         self.teacher_backbone = _frozen_copy(backbone)
 
-    def loss(self, h1, h2, v1=None, v2=None, labels=None, weights=None):
+    def per_sample_loss(self, h1, h2, v1=None, v2=None, labels=None):
         if self.teacher_backbone is None:
             raise RuntimeError("DINO.attach(backbone) must be called before loss()")
         b = h1.shape[0]
@@ -235,7 +251,7 @@ class DINO(Method):
         per = (-(p2 * log_s1).sum(-1) - (p1 * log_s2).sum(-1)) / 2
         if self.training:
             self._update_center(t)
-        return _reduce(per, weights)
+        return per
 
     @torch.no_grad()
     def _update_center(self, t: Tensor) -> None:
@@ -263,12 +279,22 @@ class Supervised(Method):
         super().__init__(feature_dim)
         self.classifier = nn.Linear(feature_dim, num_classes)
 
-    def loss(self, h1, h2, v1=None, v2=None, labels=None, weights=None):
+    def per_sample_loss(self, h1, h2, v1=None, v2=None, labels=None):
         if labels is None:
             raise UserError("method 'supervised': the data has no labels; use a labelled source or an SSL method")
-        per = (F.cross_entropy(self.classifier(h1).float(), labels, reduction="none")
-               + F.cross_entropy(self.classifier(h2).float(), labels, reduction="none")) / 2
-        return _reduce(per, weights)
+        return (F.cross_entropy(self.classifier(h1).float(), labels, reduction="none")
+                + F.cross_entropy(self.classifier(h2).float(), labels, reduction="none")) / 2
+
+
+def loss_terms(method: Method, h1: Tensor, h2: Tensor, v1: Tensor | None = None, v2: Tensor | None = None,
+               labels: Tensor | None = None, weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """One forward of ``method``: ``(loss, per_sample)``: the weighted batch loss to optimise and the
+    unweighted per-sample losses (B,), detached, for the ScoreBook (None for a method without
+    :meth:`Method.per_sample_loss`, whose ``loss`` is used as it is)."""
+    if not method.has_per_sample_loss:
+        return method.loss(h1, h2, v1, v2, labels=labels, weights=weights), None
+    per = method.per_sample_loss(h1, h2, v1, v2, labels=labels)
+    return weighted_mean(per, weights), per.detach().float()
 
 
 METHODS: dict[str, type[Method]] = {"byol": BYOL, "simclr": SimCLR, "dino": DINO, "supervised": Supervised}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rela_fast.train.methods import Method
+from rela_fast.train.methods import Method, loss_terms
 
 
 class Student(nn.Module):
@@ -48,9 +48,11 @@ class Student(nn.Module):
             total = total + lam * rela.float()
             stats["rela_loss"], stats["per_sample"] = rela.detach().float(), per
         if lam < 1:
-            m = self.method.loss(h[:b], h[b:], v1, v2, labels=labels, weights=weights)
+            m, per_m = loss_terms(self.method, h[:b], h[b:], v1, v2, labels=labels, weights=weights)
             total = total + (1 - lam) * m.float()
             stats["method_loss"] = m.detach().float()
+            if lam == 0 and per_m is not None:  # phase 2: fresh per-sample scores from the method's own loss
+                stats["per_sample"] = per_m.detach()
         stats["loss"] = total.detach()  # the training objective (the monitoring classifier's CE is apart)
         if self.classifier is not None and labels is not None:
             logits = self.classifier(h[:b].detach().float())

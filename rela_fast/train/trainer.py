@@ -41,6 +41,7 @@ from torch import nn
 from rela_fast.distributed import init_from_env, rank_and_world
 from rela_fast.environment import resolve_device
 from rela_fast.errors import UserError
+from rela_fast.subset.policies import POLICIES, WEIGHTED_POLICIES
 from rela_fast.train.augment import two_views
 from rela_fast.train.backbones import create_backbone, feature_dim
 from rela_fast.train.callbacks import Callback, CallbackList, Clock, TrainState
@@ -61,7 +62,6 @@ __all__ = ["ReLATrainer", "Student", "TrainResult", "TrainState", "build_optimiz
 CHECKPOINT_FORMAT = "rela_fast.train/2"
 # Test hook: SIGKILL this process right after optimiser step N (resume tests).
 KILL_AFTER_STEP_ENV = "RELA_FAST_TRAIN_KILL_AFTER_STEP"
-POLICIES = ("random", "topk", "bottomk", "weighted", "infobatch")
 _RESUME_KEYS = ("budget", "epochs", "policy", "batch_size", "accumulate", "seed", "method", "n", "relatargets",
                 "handover", "max_steps", "feature_dim", "target_dim")
 
@@ -355,14 +355,13 @@ class ReLATrainer:
                                      soft_steps=self.soft_steps)
 
     def _build_subset(self) -> None:
-        from rela_fast.subset import EpochSubset, ScoreBook
+        from rela_fast.subset import build_subset
 
-        book_kw = {} if self.score_momentum is None else {"momentum": self.score_momentum}
-        self.scores = ScoreBook(self.n, self.device, **book_kw)
         kw = dict(self.subset_kwargs)
         if self.stratify and self.labels is not None:
             kw.setdefault("labels", self.labels.to(self.device))
-        self.sampler = EpochSubset(self.scores, ratio=self.budget, policy=self.policy, seed=self.seed, **kw)
+        self.scores, self.sampler = build_subset(self.n, self.policy, budget=self.budget, epochs=self.epochs,
+                                                 seed=self.seed, device=self.device, momentum=self.score_momentum, **kw)
         self.sampler.set_epoch(0)
         self.sampler_len = len(self.sampler)
 
@@ -472,17 +471,22 @@ class ReLATrainer:
 
     def _current_shard(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         shard = self.sampler.shard()
-        weights = self.sampler.weights_for(shard).cpu() if self.policy == "infobatch" else None
+        weights = self.sampler.weights_for(shard).cpu() if self.policy in WEIGHTED_POLICIES else None
         return shard, weights
 
     def _run_epoch(self, log: MetricsLog, bar) -> None:
         """One epoch (or the rest of one, on resume): draw the subset, train on it, log, checkpoint."""
         s = self.state
+        phase_before = self.handover.phase
         self.handover.start_epoch(s.epoch)
+        if self.handover.phase != phase_before:  # a constant hand-over switches at an epoch start
+            self._handed_over()
         if s.pos == 0:
             self.sampler.set_epoch(s.epoch)
             s.correct = s.seen = 0
         shard, weights = self._current_shard()
+        unit = self.batch_size * self.accumulate
+        self.needed = len(shard) // unit * unit  # InfoBatch's subset size changes from epoch to epoch
         digest = _digest(self.sampler.indices())
         self.callbacks.on_epoch_start(self, s)
         while s.pos < self.needed and s.step < self.total_steps:
@@ -493,7 +497,7 @@ class ReLATrainer:
         online = self._epoch_accuracy()  # collective under DDP: every rank computes it
         if self.rank == 0:
             log.log({"event": "epoch", "epoch": s.epoch, "step": s.step, "phase": self.handover.phase,
-                     "online_acc": online, "subset_size": int(self.sampler.k),
+                     "online_acc": online, "subset_size": self.sampler.size(),
                      "subset_digest": digest, "wall_time": s.wall_time, "complete": complete})
         self.callbacks.on_epoch_end(self, s)
         if complete:
@@ -598,7 +602,12 @@ class ReLATrainer:
             os.kill(os.getpid(), signal.SIGKILL)
         self.callbacks.on_step_end(self, s)
         if self.handover.phase != phase_before:
-            self.callbacks.on_handover(self, s)
+            self._handed_over()
+
+    def _handed_over(self) -> None:
+        self.state.phase, self.state.rela_weight = self.handover.phase, self.handover.rela_weight
+        self.scores.reset()  # phase 2 scores samples by the method's own loss, on another scale
+        self.callbacks.on_handover(self, self.state)
 
     def _log_step(self, log: MetricsLog, bar, phase_before: int) -> None:
         s, L = self.state, self.state.losses

@@ -6,6 +6,7 @@ import torch
 
 from rela_fast.ops.backend import cpp_extension
 from rela_fast.ops.cpp_buffers import buffer
+from rela_fast.ops.scores.checks import check_update
 
 
 def update(score, seen, last_epoch, indices, losses, a: float, b: float, epoch: int, bad, scratch=None) -> int:
@@ -13,6 +14,7 @@ def update(score, seen, last_epoch, indices, losses, a: float, b: float, epoch: 
 
     ``bad`` and ``scratch`` belong to the Triton kernel; unused here.
     """
+    check_update(score, seen, last_epoch, indices, losses)
     idx = indices.to(dtype=torch.int64).contiguous()
     loss = losses.to(dtype=torch.float32).contiguous()
     return cpp_extension().score_update.update(

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from rela_fast.ops.scores.checks import check_update
+
 
 def update(score, seen, last_epoch, indices, losses, a: float, b: float, epoch: int, bad, scratch=None) -> int:
     """Apply one batch in place; returns the number of out-of-range indices (0: applied).
 
     ``bad`` and ``scratch`` are the Triton kernel's device counter and scratch space; unused here.
     """
+    check_update(score, seen, last_epoch, indices, losses)
     n = score.numel()
     idx = indices.to(device=score.device, dtype=torch.int64)
     n_bad = int(((idx < 0) | (idx >= n)).sum())

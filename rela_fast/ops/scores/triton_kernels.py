@@ -22,6 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from rela_fast.errors import UserError
+from rela_fast.ops.scores.checks import check_update
+
 _INTERPRET = None  # set by rela_fast.ops.backend when it (re)loads this module
 
 BLOCK = 1024
@@ -83,16 +86,27 @@ def update_kernel(score_ptr, seen_ptr, last_ptr, scratch_key_ptr, scratch_count_
         tl.store(last_ptr + idx, tl.full([BLOCK], 0, dtype=tl.int32) + epoch, mask=write)
 
 
+def _check_own(score, bad, scratch) -> None:
+    """The Triton kernel's own buffers: a 1-element int32 counter and (2, n) int32 scratch on the book's device."""
+    if not isinstance(bad, torch.Tensor) or bad.dtype != torch.int32 or bad.numel() < 1 or bad.device != score.device:
+        raise UserError(f"bad: expected a 1-element int32 counter on {score.device}")
+    if (scratch.dtype != torch.int32 or tuple(scratch.shape) != (2, score.numel()) or scratch.device != score.device
+            or not scratch.is_contiguous()):
+        raise UserError(f"scratch: expected contiguous (2, {score.numel()}) int32 zeros on {score.device}")
+
+
 def update(score, seen, last_epoch, indices, losses, a: float, b: float, epoch: int, bad, scratch=None):
     """Apply one batch in place with one launch; out-of-range indices are counted into ``bad`` (returns None).
 
     ``scratch``: (2, n) int32 zeros that the kernel leaves zero (the ScoreBook keeps one); made here if None.
     """
+    check_update(score, seen, last_epoch, indices, losses)
     batch = indices.numel()
     if batch == 0:
         return 0
     if scratch is None:
         scratch = torch.zeros(2, score.numel(), dtype=torch.int32, device=score.device)
+    _check_own(score, bad, scratch)
     idx = indices.to(device=score.device, dtype=torch.int64).contiguous()
     loss = losses.to(device=score.device, dtype=torch.float32).contiguous()
     update_kernel[(1,)](score, seen, last_epoch, scratch[0].view(torch.uint32), scratch[1], bad, score.numel(), idx,

@@ -5,10 +5,13 @@ float32 values, ``RANDOM`` (uniform without replacement, from a keyed hash of th
 ``WEIGHTED`` (without replacement, probability proportional to a non-negative weight). The random
 modes depend only on ``keys`` (from :func:`stream_keys` of a seed and an epoch) and the sample ids, so
 every backend draws the same set. Backends: reference (sort), C++ (radix select with OpenMP), Triton
-(radix select on CUDA).
+(radix select on CUDA). :func:`random_bits` gives the same keyed hash per sample for independent
+(Bernoulli) draws, such as InfoBatch's.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -105,11 +108,33 @@ def select_k(
     return positions
 
 
+def random_bits(
+    n: int,
+    keys: tuple[int, int, int],
+    *,
+    ids: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The keyed 32-bit hash of each of n sample ids (int64 in [0, 2**32), on ``device``), by the backend.
+
+    The same uniform 32-bit word per ``(keys, id)`` as the RANDOM mode's keys (a bijection of the id for
+    fixed keys), so a Bernoulli draw ``bits < p * 2**32`` is the same on every backend. ``ids``: int64
+    sample ids (default: 0..n-1).
+    """
+    device = torch.device(device if device is not None else (ids.device if ids is not None else "cpu"))
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    if ids is not None:
+        ids = ids.to(device=device, dtype=torch.int64).contiguous()
+    fn = dispatch("radix_select", device, backend)
+    return sys.modules[fn.__module__].keys(None, ids, n, RANDOM, keys, device)
+
+
 def backend_module(backend: str):
     """The loaded module behind ``backend`` of radix_select (the Triton one for the current interpret mode)."""
-    import sys
-
     return sys.modules[families()["radix_select"].implementation(backend).__module__]
 
 
-__all__ = ["LARGEST", "RANDOM", "SMALLEST", "WEIGHTED", "backend_module", "raise_bad", "select_k", "stream_keys"]
+__all__ = ["LARGEST", "RANDOM", "SMALLEST", "WEIGHTED", "backend_module", "random_bits", "raise_bad", "select_k",
+           "stream_keys"]

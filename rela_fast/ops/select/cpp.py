@@ -6,6 +6,7 @@ import torch
 
 from rela_fast.ops.backend import cpp_extension
 from rela_fast.ops.cpp_buffers import buffer
+from rela_fast.ops.select.checks import check_select
 
 
 def _addresses(values, ids) -> tuple[int, int]:
@@ -19,6 +20,7 @@ def select(values, ids, n: int, k: int, mode: int, keys: tuple[int, int, int], d
 
     Threads: one per ``min_chunk`` elements (default 2 Mi), at most OpenMP's (= torch's) thread count.
     """
+    check_select(values, ids, n, k, device)
     out = torch.empty(k, dtype=torch.int64)
     v, i = _addresses(values, ids)
     n_nan, n_neg = cpp_extension().radix_select.select(v, i, n, k, mode, *keys, buffer(out, "out"), min_chunk)
@@ -29,6 +31,7 @@ def select(values, ids, n: int, k: int, mode: int, keys: tuple[int, int, int], d
 
 def keys(values, ids, n: int, mode: int, keys: tuple[int, int, int], device) -> torch.Tensor:
     """The uint32 key of every position, as int64 (tests compare them with the reference's)."""
+    check_select(values, ids, n, None, device)
     out = torch.empty(n, dtype=torch.int32)
     v, i = _addresses(values, ids)
     cpp_extension().radix_select.keys(v, i, n, mode, *keys, buffer(out, "out"))

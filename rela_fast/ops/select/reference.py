@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from rela_fast.ops.select.checks import check_select
+
 LARGEST, SMALLEST, RANDOM, WEIGHTED = 0, 1, 2, 3
 MODE_NAMES = {LARGEST: "largest", SMALLEST: "smallest", RANDOM: "random", WEIGHTED: "weighted"}
 
@@ -102,6 +104,7 @@ def select(values, ids, n: int, k: int, mode: int, keys: tuple[int, int, int], d
     ascending) or None for ``ids = positions``; the hash uses ids, the tie-break uses positions.
     Returns ``(positions, n_nan, n_neg)``; on rejected values the positions are not computed (None).
     """
+    device = check_select(values, ids, n, k, device)
     n_nan, n_neg = bad_counts(values, mode)
     if n_nan or n_neg:
         return None, n_nan, n_neg
@@ -129,6 +132,7 @@ def order_key(values: torch.Tensor) -> torch.Tensor:
 
 def keys(values, ids, n: int, mode: int, keys: tuple[int, int, int], device) -> torch.Tensor:
     """The uint32 key of every position as int64: the kernels' keys, for tests of their bit-exactness."""
+    device = check_select(values, ids, n, None, device)
     if ids is None:
         ids = torch.arange(n, device=device, dtype=torch.int64)
     if mode == LARGEST:

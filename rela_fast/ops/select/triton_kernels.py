@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rela_fast.ops.select.checks import check_select
+
 _INTERPRET = None  # set by rela_fast.ops.backend when it (re)loads this module
 
 HIST_BLOCK = 2048
@@ -214,7 +216,7 @@ def _programs(n_tiles: int, device: torch.device) -> int:
 
 def select(values, ids, n: int, k: int, mode: int, keys: tuple[int, int, int], device):
     """Positions of the k largest keys (see module doc); returns ``(positions, n_nan, n_neg)``."""
-    device = torch.device(device)
+    device = check_select(values, ids, n, k, device)
     dummy = torch.empty(1, dtype=torch.float32, device=device)
     values_arg = values if values is not None else dummy
     ids_arg = ids if ids is not None else dummy
@@ -246,7 +248,7 @@ def select(values, ids, n: int, k: int, mode: int, keys: tuple[int, int, int], d
 
 def keys(values, ids, n: int, mode: int, keys: tuple[int, int, int], device) -> torch.Tensor:
     """The uint32 key of every position, as int64 (tests compare them with the reference's)."""
-    device = torch.device(device)
+    device = check_select(values, ids, n, None, device)
     dummy = torch.empty(1, dtype=torch.float32, device=device)
     out = torch.empty(n, dtype=torch.int64, device=device)
     block = 1024
