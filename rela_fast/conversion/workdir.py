@@ -1,0 +1,127 @@
+"""The output lock and the ``<out>.work`` folder of feature shards, both only ever rela_fast's own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rela_fast.conversion.shards import ShardPlan
+from rela_fast.ownership import MARKER, mark, ours, remove_dead_temps, remove_if_ours
+
+LOCK_TEXT = "rela_fast convert lock\n"
+
+
+class OutputLock:
+    """``<out>.lock``, held (flock) by rank 0 for the whole run: two conversions never write one store.
+
+    The file is removed at the end only when it holds rela_fast's lock text (a user's file of that name
+    is locked but left as it was)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(out.name + ".lock")
+        self.file = None
+
+    def acquire(self) -> str | None:
+        """None when acquired (or locking is unavailable), else the error message."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            return f"{self.path}: exists and is not a lock file rela_fast made; move it away or choose another --out"
+        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            self.file = None
+            return (
+                f"{self.path.with_suffix('')}: another rela-fast convert is writing it (lock file {self.path}); "
+                "wait for it to finish or choose another --out"
+            )
+        if os.fstat(self.file.fileno()).st_size == 0:
+            self.file.write(LOCK_TEXT)
+            self.file.flush()
+        return None
+
+    def release(self) -> None:
+        if self.file is None:
+            return
+        with contextlib.suppress(OSError):
+            self.file.seek(0)
+            if self.file.read() == LOCK_TEXT:
+                self.path.unlink()
+        self.file.close()
+        self.file = None
+
+
+def claim_message(path: Path, what: str) -> str | None:
+    """None when ``path`` may be used (absent, an empty folder, or ours), else why not (one line)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir() and not path.is_symlink() and (ours(path) or not any(path.iterdir())):
+        return None
+    kind = "a file" if path.is_file() else "a link" if path.is_symlink() else "a folder"
+    return (
+        f"{path}: {what}, but {kind} of that name exists that rela_fast did not make (no {MARKER}); "
+        "nothing was changed. Move it away or choose another --out"
+    )
+
+
+def _read_plan(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, out: Path) -> list[str]:
+    """Rank 0: clear debris of dead runs, (re)create the marked work folder, drop shards that no longer
+    match (other settings, changed rows), record the settings. Returns notes for the log."""
+    work, notes = plan.work, []
+    remove_dead_temps(out.parent, out.name)
+    plan_file = work / "plan.json"
+    old = _read_plan(plan_file) if work.is_dir() else None
+    if work.is_dir() and old != settings and any(work.iterdir()):
+        if old is not None:
+            notes.append(f"{work} was made with other settings; starting afresh")
+        remove_if_ours(work)
+    work.mkdir(parents=True, exist_ok=True)
+    mark(work, "work")
+    for path in work.glob("*.tmp-*"):  # shard writes of killed runs (inside our own folder)
+        pid = path.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+    by_name = {s.path.name: s for s in plan.shards}
+    stale = 0
+    for path in work.glob("shard-*"):
+        shard = by_name.get(path.name)
+        if ".tmp-" in path.name:  # a live process's shard write
+            continue
+        if shard is None or not shard.intact(plan.digest(shard), feature_dim):
+            stale += 1
+            shutil.rmtree(path, ignore_errors=True)
+    if stale and old is not None:
+        notes.append(f"{stale} shard(s) no longer match the source; recomputing them")
+    with open(work / "plan.json.tmp", "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+    os.replace(work / "plan.json.tmp", plan_file)
+    return notes
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
