@@ -23,6 +23,7 @@ Opening a store validates what it reads (:class:`TargetStore`); non-finite targe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -397,6 +398,29 @@ class StoreWriter:
     def targets(self, n: int, d: int) -> np.ndarray:
         """A writable N x d float32 memmap of ``targets.npy``."""
         return np.lib.format.open_memmap(self.tmp / "targets.npy", mode="w+", dtype=np.float32, shape=(n, d))
+
+    @contextlib.contextmanager
+    def target_rows(self, n: int, d: int):
+        """``targets.npy`` written sequentially: yields ``append(block)`` for (k, d) float32 blocks in row order.
+
+        Plain writes, not a memory map, so the process's resident memory does not grow with N (dirty pages
+        of a written memmap count towards it until written back)."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
+        written = 0
+        with open(self.tmp / "targets.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+
+            def append(block: np.ndarray) -> None:
+                nonlocal written
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if block.ndim != 2 or block.shape[1] != d or written + len(block) > n:
+                    raise ValueError(f"targets block {block.shape} does not fit {n} x {d} after {written} rows")
+                f.write(block.tobytes())
+                written += len(block)
+
+            yield append
+        if written != n:
+            raise ValueError(f"targets.npy: {written} of {n} rows written")
 
     def array(self, name: str, value: np.ndarray) -> None:
         np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)

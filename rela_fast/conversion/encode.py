@@ -64,82 +64,19 @@ class _Buffer:
         return rows, feats
 
 
-class ShardEncoder:
-    """Runs once per rank: ``run(mine, merge, finished)`` returns the number of rows it processed."""
+class ShardAssembler:
+    """Collects each batch's features (and failures) into the shards they belong to; writes a shard
+    atomically as soon as it is complete and, in one process, feeds its moments to the ordered merge."""
 
-    def __init__(self, inputs: ConversionInputs, settings: ConvertSettings, plan: ShardPlan, rank: int,
-                 timing: Timing) -> None:
-        self.inputs, self.settings, self.plan, self.rank, self.timing = inputs, settings, plan, rank, timing
+    def __init__(self, inputs: ConversionInputs, plan: ShardPlan, mine: list[Shard], rank: int,
+                 merge: OrderedMerge | None, finished: set[int]) -> None:
+        self.inputs, self.plan, self.rank, self.merge, self.finished = inputs, plan, rank, merge, finished
         self.device = inputs.device
-        self.buffers: dict[int, _Buffer] = {}
-        self.lazy_bad = torch.zeros((), dtype=torch.bool, device=self.device)  # CUDA: checked per shard
-        self.merge: OrderedMerge | None = None
-        self.finished: set[int] = set()
-
-    def build(self):
-        from rela_fast.encoder import build_encoder
-
-        s, t0 = self.settings, time.perf_counter()
-        encoder = build_encoder(
-            self.inputs.model, self.inputs.cfg, device=self.device, size=self.inputs.size, precision=s.precision,
-            compile=s.compile, cuda_graph=self.device.type == "cuda" if s.cuda_graph is None else bool(s.cuda_graph),
-            batch_size=encoder_chunk(self.device, s.batch_size),
-        )
-        self.timing.add("encoder_build_s", time.perf_counter() - t0)
-        return encoder
-
-    def run(self, mine: list[Shard], merge: OrderedMerge | None, finished: set[int], progress: bool, desc: str) -> int:
-        from tqdm.auto import tqdm
-
-        self.merge, self.finished = merge, finished
         self.by_index = {s.index: s for s in mine}
-        encoder = self.build()
-        kill_after = int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0)
-        indices = np.concatenate([np.arange(s.start, s.stop, dtype=np.int64) for s in mine])
-        bsz = self.settings.batch_size
-        batches = iter(self.inputs.decoder.iterate(self.inputs.source, indices, bsz, on_error="skip"))
-        processed = 0
-        with tqdm(total=len(indices), unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
-            while True:
-                t0 = time.perf_counter()
-                batch = next(batches, None)
-                self.timing.add("decode_wait_s", time.perf_counter() - t0)
-                if batch is None:
-                    break
-                chunk = indices[processed : processed + bsz]
-                rows = self._rows(chunk, batch)
-                if len(rows):
-                    t1 = time.perf_counter()
-                    self._add_features(rows, encoder(batch.images))
-                    self.timing.add("encode_call_s", time.perf_counter() - t1)
-                self._add_failures(batch.failures)
-                for buf in [b for b in self.buffers.values() if b.complete]:
-                    self._flush(buf)
-                processed += len(chunk)
-                bar.update(len(chunk))
-                if kill_after and processed >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        if self.buffers or processed < len(indices):
-            missing = {k: b.shard.size - b.filled for k, b in self.buffers.items()}
-            raise RuntimeError(f"the decoder did not return every row: rows missing per shard {missing}")
-        return processed
+        self.buffers: dict[int, _Buffer] = {}
+        self.lazy_bad = torch.zeros((), dtype=torch.bool, device=self.device)  # CUDA: row order, per shard
 
-    def _rows(self, chunk: np.ndarray, batch) -> np.ndarray:
-        """The source rows of this batch's images (the chunk minus failures), checked against the decoder."""
-        if self.settings.on_error == "fail" and batch.failures:
-            raise UserError(fail_message(self.inputs, *batch.failures[0]))
-        failed = {int(r) for r, _ in batch.failures}
-        rows = chunk[[int(r) not in failed for r in chunk]] if failed else chunk
-        got = batch.indices
-        if got.device.type == "cpu":
-            if not np.array_equal(got.numpy(), rows):
-                raise RuntimeError("the decoder returned rows in an unexpected order; cannot place features")
-        elif len(rows):
-            expected = torch.from_numpy(rows).pin_memory().to(got.device, non_blocking=True)
-            self.lazy_bad |= (got.reshape(-1) != expected).any()
-        return rows
-
-    def _add_features(self, rows: np.ndarray, feats: torch.Tensor) -> None:
+    def add_features(self, rows: np.ndarray, feats: torch.Tensor) -> None:
         width = self.inputs.feature_dim
         if tuple(feats.shape) != (len(rows), width):
             raise RuntimeError(f"encoder returned {tuple(feats.shape)}, expected ({len(rows)}, {width})")
@@ -153,11 +90,19 @@ class ShardEncoder:
             buf.parts.append((rows[sel], feats[int(sel[0]) : int(sel[-1]) + 1]))  # rows ascend: a slice
             buf.filled += len(sel)
 
-    def _add_failures(self, failures: list[tuple[int, str]]) -> None:
+    def add_failures(self, failures: list[tuple[int, str]]) -> None:
         for row, reason in failures:
             buf = self._buffer(int(row) // self.plan.shard_size)
             buf.failures.append((int(row), str(reason)))
             buf.filled += 1
+
+    def flush_complete(self) -> None:
+        for buf in [b for b in self.buffers.values() if b.complete]:
+            self._flush(buf)
+
+    def missing(self) -> dict[int, int]:
+        """Rows still missing per unfinished shard (empty when every shard was written)."""
+        return {k: b.shard.size - b.filled for k, b in self.buffers.items()}
 
     def _buffer(self, index: int) -> _Buffer:
         if index not in self.buffers:
@@ -187,3 +132,72 @@ class ShardEncoder:
             self.finished.add(shard.index)
             self.merge.advance(self.finished)
         del self.buffers[shard.index]
+
+
+class ShardEncoder:
+    """Runs once per rank: ``run(mine, merge, finished)`` decodes and encodes this rank's shards and
+    returns the number of rows it processed."""
+
+    def __init__(self, inputs: ConversionInputs, settings: ConvertSettings, plan: ShardPlan, rank: int,
+                 timing: Timing) -> None:
+        self.inputs, self.settings, self.plan, self.rank, self.timing = inputs, settings, plan, rank, timing
+
+    def build(self):
+        from rela_fast.encoder import build_encoder
+
+        s, device, t0 = self.settings, self.inputs.device, time.perf_counter()
+        encoder = build_encoder(
+            self.inputs.model, self.inputs.cfg, device=device, size=self.inputs.size, precision=s.precision,
+            compile=s.compile, cuda_graph=device.type == "cuda" if s.cuda_graph is None else bool(s.cuda_graph),
+            batch_size=encoder_chunk(device, s.batch_size),
+        )
+        self.timing.add("encoder_build_s", time.perf_counter() - t0)
+        return encoder
+
+    def run(self, mine: list[Shard], merge: OrderedMerge | None, finished: set[int], progress: bool, desc: str) -> int:
+        from tqdm.auto import tqdm
+
+        shards = ShardAssembler(self.inputs, self.plan, mine, self.rank, merge, finished)
+        encoder = self.build()
+        kill_after = int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0)
+        indices = np.concatenate([np.arange(s.start, s.stop, dtype=np.int64) for s in mine])
+        bsz = self.settings.batch_size
+        batches = iter(self.inputs.decoder.iterate(self.inputs.source, indices, bsz, on_error="skip"))
+        processed = 0
+        with tqdm(total=len(indices), unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                self.timing.add("decode_wait_s", time.perf_counter() - t0)
+                if batch is None:
+                    break
+                chunk = indices[processed : processed + bsz]
+                rows = self._rows(chunk, batch, shards)
+                if len(rows):
+                    t1 = time.perf_counter()
+                    shards.add_features(rows, encoder(batch.images))
+                    self.timing.add("encode_call_s", time.perf_counter() - t1)
+                shards.add_failures(batch.failures)
+                shards.flush_complete()
+                processed += len(chunk)
+                bar.update(len(chunk))
+                if kill_after and processed >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        if shards.missing() or processed < len(indices):
+            raise RuntimeError(f"the decoder did not return every row: rows missing per shard {shards.missing()}")
+        return processed
+
+    def _rows(self, chunk: np.ndarray, batch, shards: ShardAssembler) -> np.ndarray:
+        """The source rows of this batch's images (the chunk minus failures), checked against the decoder."""
+        if self.settings.on_error == "fail" and batch.failures:
+            raise UserError(fail_message(self.inputs, *batch.failures[0]))
+        failed = {int(r) for r, _ in batch.failures}
+        rows = chunk[[int(r) not in failed for r in chunk]] if failed else chunk
+        got = batch.indices
+        if got.device.type == "cpu":
+            if not np.array_equal(got.numpy(), rows):
+                raise RuntimeError("the decoder returned rows in an unexpected order; cannot place features")
+        elif len(rows):
+            expected = torch.from_numpy(rows).pin_memory().to(got.device, non_blocking=True)
+            shards.lazy_bad |= (got.reshape(-1) != expected).any()
+        return rows

@@ -1,6 +1,7 @@
 """Finalizer: per-shard moments -> PCA (ALGORITHM.md ReLA-D step 3) -> a pass gathering the projections'
-per-dimension moments -> a pass standardising them (step 4, population variance) into the memory-mapped
-``targets.npy`` of a new store, committed atomically (:class:`~rela_fast.targets.StoreWriter`)."""
+per-dimension moments -> a pass standardising them (step 4, population variance) into ``targets.npy`` of
+a new store, committed atomically (:class:`~rela_fast.targets.StoreWriter`). Shards are read one at a
+time (with one read ahead) and targets are written sequentially, so memory does not grow with N."""
 
 from __future__ import annotations
 
@@ -19,6 +20,33 @@ from rela_fast.pca import Moments, PCAResult, StreamingPCA
 from rela_fast.targets import SCHEMA_VERSION, StoreWriter, TargetStore
 
 
+def fit_pca(moments: StreamingPCA, n: int, inputs: ConversionInputs) -> PCAResult:
+    """The PCA of all decoded rows, after checking that d components exist; its result must be finite."""
+    dim = inputs.dim
+    if n == 0:
+        raise UserError(
+            f"{inputs.source.root}: none of the {inputs.n_src} files could be decoded; see why with --on-error fail"
+        )
+    if dim > n - 1:
+        raise UserError(
+            f"--dim {dim}: only {n} images could be decoded, so PCA has at most {n - 1} components; "
+            f"use --dim {max(n - 1, 1)} or less"
+        )
+    result = moments.finalize(dim)
+    if not (torch.isfinite(result.components).all() and torch.isfinite(result.eigenvalues).all()):
+        raise UserError("the PCA of the prior's features is not finite; check the prior and its --weights")
+    return result
+
+
+def projection_moments(plan: ShardPlan, result: PCAResult, device: torch.device) -> Moments:
+    """Pass 1: per-dimension moments of the projections (per shard, merged in order)."""
+    total = Moments(scatter=False)
+    for _, (feats, _) in load_ahead(plan.shards):
+        if len(feats):
+            total.merge(Moments(scatter=False).update(result.transform(torch.from_numpy(feats).to(device))))
+    return total
+
+
 class Finalizer:
     """Turns the finished shards and their merged moments into the target store (rank 0 only)."""
 
@@ -27,38 +55,12 @@ class Finalizer:
         self.inputs, self.settings, self.plan, self.timing = inputs, settings, plan, timing
         self.world, self.reused = world, reused
 
-    def fit(self, moments: StreamingPCA, n: int) -> PCAResult:
-        """The PCA of all decoded rows, after checking that d components exist."""
-        dim = self.inputs.dim
-        if n == 0:
-            raise UserError(
-                f"{self.inputs.source.root}: none of the {self.inputs.n_src} files could be decoded; "
-                "see why with --on-error fail"
-            )
-        if dim > n - 1:
-            raise UserError(
-                f"--dim {dim}: only {n} images could be decoded, so PCA has at most {n - 1} components; "
-                f"use --dim {max(n - 1, 1)} or less"
-            )
-        result = moments.finalize(dim)
-        if not (torch.isfinite(result.components).all() and torch.isfinite(result.eigenvalues).all()):
-            raise UserError("the PCA of the prior's features is not finite; check the prior and its --weights")
-        return result
-
-    def projection_moments(self, result: PCAResult) -> Moments:
-        """Pass 1: per-dimension moments of the projections (per shard, merged in order)."""
-        total = Moments(scatter=False)
-        for _, (feats, _) in load_ahead(self.plan.shards):
-            if len(feats):
-                total.merge(Moments(scatter=False).update(result.transform(torch.from_numpy(feats).to(self.inputs.device))))
-        return total
-
     def run(self, moments: StreamingPCA) -> TargetStore:
         self.timing.finalize = time.perf_counter()
         infos = [s.info() for s in self.plan.shards]
         n = sum(info["count"] for info in infos)
-        result = self.fit(moments, n)
-        t_moments = self.projection_moments(result)
+        result = fit_pca(moments, n, self.inputs)
+        t_moments = projection_moments(self.plan, result, self.inputs.device)
         std = t_moments.population_std()
         degenerate = int((std <= 0).sum())
         std = torch.where(std > 0, std, torch.ones_like(std))
@@ -75,19 +77,17 @@ class Finalizer:
 
     def _write_targets(self, writer: StoreWriter, n: int, infos: list[dict], result: PCAResult,
                        mean: torch.Tensor, std: torch.Tensor) -> tuple[np.ndarray, list[list[str]]]:
-        """Pass 2: standardise into the memory-mapped targets, rows in source order."""
-        targets = writer.targets(n, self.inputs.dim)
+        """Pass 2: standardise shard by shard, rows in source order."""
         rows_all = np.empty(n, dtype=np.int64)
         offset, skipped, paths = 0, [], self.inputs.paths
-        for (_, (feats, rows)), info in zip(load_ahead(self.plan.shards), infos):
-            if len(rows):
-                y = (result.transform(torch.from_numpy(feats).to(self.inputs.device)) - mean) / std
-                targets[offset : offset + len(rows)] = y.float().cpu().numpy()
-                rows_all[offset : offset + len(rows)] = rows
-                offset += len(rows)
-            skipped += [[paths[r], reason] for r, reason in info["failures"]]
-        targets.flush()
-        del targets
+        with writer.target_rows(n, self.inputs.dim) as append:
+            for (_, (feats, rows)), info in zip(load_ahead(self.plan.shards), infos):
+                if len(rows):
+                    y = (result.transform(torch.from_numpy(feats).to(self.inputs.device)) - mean) / std
+                    append(y.float().cpu().numpy())
+                    rows_all[offset : offset + len(rows)] = rows
+                    offset += len(rows)
+                skipped += [[paths[r], reason] for r, reason in info["failures"]]
         return rows_all, skipped
 
     def _write_arrays(self, writer: StoreWriter, rows: np.ndarray, result: PCAResult, mean: torch.Tensor,

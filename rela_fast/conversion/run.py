@@ -14,13 +14,13 @@ from typing import Any
 import torch
 
 from rela_fast.conversion.compat import decide
-from rela_fast.conversion.encode import ShardEncoder
+from rela_fast.conversion.encode import ShardEncoder, fail_message
 from rela_fast.conversion.finalize import Finalizer
 from rela_fast.conversion.inputs import ConversionInputs, open_inputs
 from rela_fast.conversion.report import Timing, log, summary
 from rela_fast.conversion.settings import ConvertSettings
 from rela_fast.conversion.shards import OrderedMerge, ShardPlan
-from rela_fast.conversion.workdir import OutputLock, claim_message, prepare_work
+from rela_fast.conversion.workdir import OutputLock, claim_message, first_kept_failure, prepare_work
 from rela_fast.distributed import rank_and_world
 from rela_fast.errors import UserError
 from rela_fast.ownership import remove_if_ours
@@ -131,19 +131,10 @@ class _Run:
                                                self.settings.shard_size, inputs.decoder.name)
             for note in prepare_work(self.plan, plan_settings, inputs.feature_dim, self.settings.out):
                 log(self.talk, note)
-            if self.settings.on_error == "fail":
-                message = self._kept_failure()
+            failure = first_kept_failure(self.plan) if self.settings.on_error == "fail" else None
+            message = fail_message(self.inputs, *failure) if failure else None
         barrier(self.world)
         broadcast_error(self.world, message)
-
-    def _kept_failure(self) -> str | None:
-        from rela_fast.conversion.encode import fail_message
-
-        for shard in self.plan.shards:
-            failures = shard.info()["failures"] if shard.exists() else []
-            if failures:
-                return fail_message(self.inputs, *failures[0])
-        return None
 
     def _encode(self, mine, merge, finished) -> int:
         processed = 0

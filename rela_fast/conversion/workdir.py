@@ -115,6 +115,15 @@ def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, ou
     return notes
 
 
+def first_kept_failure(plan: ShardPlan) -> tuple[int, str] | None:
+    """The first undecodable row recorded in a finished shard (for ``on_error="fail"`` on resume)."""
+    for shard in plan.shards:
+        failures = shard.info()["failures"] if shard.exists() else []
+        if failures:
+            return int(failures[0][0]), str(failures[0][1])
+    return None
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
