@@ -140,10 +140,14 @@ def test_store_of_the_previous_version_is_recognised_as_ours(tmp_path, prior_fil
     assert store.dim == 3 and (out / MARKER).is_file()
 
 
-def test_empty_out_folder_is_used(tmp_path, prior_file):
+def test_empty_out_folder_is_used_and_an_empty_user_lock_file_kept(tmp_path, prior_file):
     src = _folder(tmp_path / "imgs")
     (tmp_path / "store").mkdir()
+    (tmp_path / "store.lock").touch()  # a user's (empty) file with the lock's name
     assert len(convert(src, tmp_path / "store", prior_file, **KW)) == 12
+    assert (tmp_path / "store.lock").read_bytes() == b""
+    convert(src, tmp_path / "other", prior_file, **KW)
+    assert not (tmp_path / "other.lock").exists()  # rela_fast's own lock file is removed
 
 
 # -- finite numbers -----------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ LOCK_TEXT = "rela_fast convert lock\n"
 class OutputLock:
     """``<out>.lock``, held (flock) by rank 0 for the whole run: two conversions never write one store.
 
-    The file is removed at the end only when it holds rela_fast's lock text (a user's file of that name
-    is locked but left as it was)."""
+    A lock file rela_fast creates holds :data:`LOCK_TEXT` and is removed at the end; a user's file of that
+    name is locked (flock changes nothing in it) and left exactly as it was."""
 
     def __init__(self, out: Path) -> None:
         self.path = out.with_name(out.name + ".lock")
-        self.file = None
+        self.fd: int | None = None
+        self.ours = False
 
     def acquire(self) -> str | None:
         """None when acquired (or locking is unavailable), else the error message."""
@@ -34,30 +35,32 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             return f"{self.path}: exists and is not a lock file rela_fast made; move it away or choose another --out"
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the whole run
         try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            self.fd, created = os.open(self.path, os.O_RDWR), False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.file.close()
-            self.file = None
+            os.close(self.fd)
+            self.fd = None
             return (
                 f"{self.path.with_suffix('')}: another rela-fast convert is writing it (lock file {self.path}); "
                 "wait for it to finish or choose another --out"
             )
-        if os.fstat(self.file.fileno()).st_size == 0:
-            self.file.write(LOCK_TEXT)
-            self.file.flush()
+        if created:
+            os.write(self.fd, LOCK_TEXT.encode())
+        self.ours = created or os.pread(self.fd, 256, 0) == LOCK_TEXT.encode()  # ours, left by a killed run
         return None
 
     def release(self) -> None:
-        if self.file is None:
+        if self.fd is None:
             return
-        with contextlib.suppress(OSError):
-            self.file.seek(0)
-            if self.file.read() == LOCK_TEXT:
+        if self.ours:
+            with contextlib.suppress(OSError):
                 self.path.unlink()
-        self.file.close()
-        self.file = None
+        os.close(self.fd)
+        self.fd = None
 
 
 def claim_message(path: Path, what: str) -> str | None:
