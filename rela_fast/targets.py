@@ -129,6 +129,38 @@ def _check_meta(meta: Any, path: Path) -> None:
         raise _damaged(path, f"says {meta['count']} targets from only {meta['source']['count']} source rows")
 
 
+def _read_rows(root: Path, n: int, source_count: int) -> np.ndarray:
+    path = root / "rows.npy"
+    rows = _load_checked(path)
+    if rows.dtype != np.int64 or rows.shape != (n,):
+        raise _damaged(path, f"expected int64 ({n},), found {rows.dtype} {rows.shape}")
+    if n and (rows.min() < 0 or rows.max() >= source_count or not (np.diff(rows) > 0).all()):
+        raise _damaged(path, f"entries must be distinct, ascending source rows in 0..{source_count - 1}")
+    return rows
+
+
+def _read_labels(root: Path, n: int) -> torch.Tensor | None:
+    path = root / "labels.npy"
+    if not path.is_file():
+        return None
+    labels = _load_checked(path)
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise _damaged(path, f"expected {n} integer class ids, found {labels.dtype} {labels.shape}")
+    if n and labels.min() < 0:
+        raise _damaged(path, "holds a negative class id")
+    return torch.from_numpy(labels.astype(np.int64, copy=False))
+
+
+def _read_skipped(root: Path) -> list[tuple[str, str]]:
+    path = root / "skipped.json"
+    skipped = _read_checked_json(path)
+    if not isinstance(skipped, list) or not all(
+        isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in skipped
+    ):
+        raise _damaged(path, "expected a list of [path, reason] pairs")
+    return [tuple(x) for x in skipped]
+
+
 class TargetStore:
     """A converted target store (see the module docstring for the layout).
 
@@ -161,40 +193,10 @@ class TargetStore:
             )
         _check_finite(array, self.root / "targets.npy")
         self.targets: torch.Tensor = torch.from_numpy(array)
-        self.rows: torch.Tensor = torch.from_numpy(self._rows(n))
-        self.labels: torch.Tensor | None = self._labels(n)
-        self.skipped: list[tuple[str, str]] = self._skipped()
+        self.rows: torch.Tensor = torch.from_numpy(_read_rows(self.root, n, self.meta["source"]["count"]))
+        self.labels: torch.Tensor | None = _read_labels(self.root, n)
+        self.skipped: list[tuple[str, str]] = _read_skipped(self.root)
         self._source: dict[str, Any] | None = None
-
-    def _rows(self, n: int) -> np.ndarray:
-        path = self.root / "rows.npy"
-        rows = _load_checked(path)
-        if rows.dtype != np.int64 or rows.shape != (n,):
-            raise _damaged(path, f"expected int64 ({n},), found {rows.dtype} {rows.shape}")
-        count = self.meta["source"]["count"]
-        if n and (rows.min() < 0 or rows.max() >= count or not (np.diff(rows) > 0).all()):
-            raise _damaged(path, f"entries must be distinct, ascending source rows in 0..{count - 1}")
-        return rows
-
-    def _labels(self, n: int) -> torch.Tensor | None:
-        path = self.root / "labels.npy"
-        if not path.is_file():
-            return None
-        labels = _load_checked(path)
-        if labels.dtype.kind not in "iu" or labels.shape != (n,):
-            raise _damaged(path, f"expected {n} integer class ids, found {labels.dtype} {labels.shape}")
-        if n and labels.min() < 0:
-            raise _damaged(path, "holds a negative class id")
-        return torch.from_numpy(labels.astype(np.int64, copy=False))
-
-    def _skipped(self) -> list[tuple[str, str]]:
-        path = self.root / "skipped.json"
-        skipped = _read_checked_json(path)
-        if not isinstance(skipped, list) or not all(
-            isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in skipped
-        ):
-            raise _damaged(path, "expected a list of [path, reason] pairs")
-        return [tuple(x) for x in skipped]
 
     # -- what it holds -----------------------------------------------------------------------------
     def __len__(self) -> int:
