@@ -15,14 +15,21 @@ then renamed into place) and never holding pickles: arrays are ``.npy`` files re
   ``skipped.json``     ``[[path, reason], ...]`` for files that could not be decoded
   ``pca_mean.npy``, ``pca_components.npy`` (P x d), ``eigenvalues.npy``, ``target_mean.npy``,
   ``target_std.npy``   the fitted projection, so new images can be mapped the same way
+  ``.rela_fast.json``  the ownership marker (:mod:`rela_fast.ownership`): ``--overwrite`` replaces only a
+                       directory that has it (or a store in the 0.1 layout, recognised by ``meta.json``)
+
+Opening a store validates what it reads (:class:`TargetStore`); non-finite targets are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +37,12 @@ import numpy as np
 import torch
 
 from rela_fast.errors import UserError
+from rela_fast.ownership import MARKER, make_temp_dir, mark, ours
 
-__all__ = ["SCHEMA_VERSION", "TargetStore", "load_targets", "StoreWriter", "describe_change"]
+__all__ = [
+    "SCHEMA_VERSION", "TargetStore", "load_targets", "StoreWriter", "describe_change", "entry_keys",
+    "source_fingerprint",
+]
 
 SCHEMA_VERSION = 1
 _REQUIRED = ("meta.json", "targets.npy", "rows.npy", "source.json", "skipped.json")
@@ -48,12 +59,117 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
 
 
+_FIX = "re-create it with `rela-fast convert --overwrite`"
+_ARRAYS = ("pca_mean", "pca_components", "eigenvalues", "target_mean", "target_std")
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; the store is damaged, {_FIX}")
+
+
+def _read_checked_json(path: Path) -> Any:
+    try:
+        return _read_json(path)
+    except UnicodeDecodeError:
+        raise _damaged(path, "is not UTF-8 JSON") from None
+    except ValueError as exc:
+        raise _damaged(path, f"is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+
+
+def _load_checked(path: Path, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles; a truncated, object-dtype or otherwise unreadable file is a UserError."""
+    try:
+        array = _load_npy(path, mmap=mmap)
+    except (ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise _damaged(path, f"cannot be read as a plain .npy array ({reason})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if array.dtype.hasobject or array.dtype.fields is not None:
+        raise _damaged(path, f"holds {array.dtype}, not plain numbers")
+    return array
+
+
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    """Scan in blocks of ~64 MB (the array may be a memory map larger than RAM)."""
+    width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
+    step = max(1, (1 << 24) // max(width, 1))
+    for start in range(0, len(array), step):
+        block = np.asarray(array[start : start + step])
+        ok = np.isfinite(block)
+        if not ok.all():
+            row = start + int(np.flatnonzero(~ok.reshape(len(block), -1).all(axis=1))[0])
+            raise _damaged(path, f"row {row} holds NaN or inf (targets must be finite numbers)")
+
+
+def _check_meta(meta: Any, path: Path) -> None:
+    """The fields every reader relies on, with their types (one-line error naming the first bad one)."""
+    if not isinstance(meta, dict):
+        raise _damaged(path, f"holds a JSON {type(meta).__name__}, not an object")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{path.parent}: target store schema {version!r}, this rela_fast reads {SCHEMA_VERSION}; {_FIX}"
+        )
+    checks = {
+        "count": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "dim": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "prior": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
+        "source": lambda v: isinstance(v, dict) and isinstance(v.get("count"), int) and "digest" in v,
+    }
+    for key, ok in checks.items():
+        if key not in meta:
+            raise _damaged(path, f"lacks {key!r}")
+        if not ok(meta[key]):
+            raise _damaged(path, f"has an invalid {key!r} ({str(meta[key])[:60]})")
+    if meta["source"]["count"] < meta["count"]:
+        raise _damaged(path, f"says {meta['count']} targets from only {meta['source']['count']} source rows")
+
+
+def _read_rows(root: Path, n: int, source_count: int) -> np.ndarray:
+    path = root / "rows.npy"
+    rows = _load_checked(path)
+    if rows.dtype != np.int64 or rows.shape != (n,):
+        raise _damaged(path, f"expected int64 ({n},), found {rows.dtype} {rows.shape}")
+    if n and (rows.min() < 0 or rows.max() >= source_count or not (np.diff(rows) > 0).all()):
+        raise _damaged(path, f"entries must be distinct, ascending source rows in 0..{source_count - 1}")
+    return rows
+
+
+def _read_labels(root: Path, n: int) -> torch.Tensor | None:
+    path = root / "labels.npy"
+    if not path.is_file():
+        return None
+    labels = _load_checked(path)
+    if labels.dtype.kind not in "iu" or labels.shape != (n,):
+        raise _damaged(path, f"expected {n} integer class ids, found {labels.dtype} {labels.shape}")
+    if n and labels.min() < 0:
+        raise _damaged(path, "holds a negative class id")
+    return torch.from_numpy(labels.astype(np.int64, copy=False))
+
+
+def _read_skipped(root: Path) -> list[tuple[str, str]]:
+    path = root / "skipped.json"
+    skipped = _read_checked_json(path)
+    if not isinstance(skipped, list) or not all(
+        isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in skipped
+    ):
+        raise _damaged(path, "expected a list of [path, reason] pairs")
+    return [tuple(x) for x in skipped]
+
+
 class TargetStore:
     """A converted target store (see the module docstring for the layout).
 
     ``targets`` (N x d float32, memory-mapped), ``rows`` (source row of each target row), ``labels``
     (int64 tensor or None), ``paths`` (source-relative path of each row), ``skipped`` ([(path, reason)]),
     ``meta`` (dict), ``fingerprint`` (the source fingerprint it was made from).
+
+    Opening validates every file it reads: meta.json's fields and types, dtypes and lengths of the arrays,
+    the range and order of ``rows``, non-negative labels and finite targets (a UserError names the file).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -66,25 +182,20 @@ class TargetStore:
                 f"{self.root}: not a complete rela_fast target store (missing {', '.join(missing)}); "
                 "re-create it with `rela-fast convert --overwrite`"
             )
-        self.meta: dict[str, Any] = _read_json(self.root / "meta.json")
-        version = self.meta.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise UserError(
-                f"{self.root}: target store schema {version!r}, this rela_fast reads {SCHEMA_VERSION}; "
-                "re-create it with `rela-fast convert --overwrite`"
-            )
-        array = _load_npy(self.root / "targets.npy", mmap=True)
+        self.meta: dict[str, Any] = _read_checked_json(self.root / "meta.json")
+        _check_meta(self.meta, self.root / "meta.json")
         n, d = self.meta["count"], self.meta["dim"]
+        array = _load_checked(self.root / "targets.npy", mmap=True)
         if array.dtype != np.float32 or array.shape != (n, d):
             raise UserError(
                 f"{self.root}/targets.npy: expected float32 {n} x {d}, found {array.dtype} {array.shape}; "
                 "the store is damaged, re-create it with `rela-fast convert --overwrite`"
             )
+        _check_finite(array, self.root / "targets.npy")
         self.targets: torch.Tensor = torch.from_numpy(array)
-        self.rows: torch.Tensor = torch.from_numpy(_load_npy(self.root / "rows.npy"))
-        labels = self.root / "labels.npy"
-        self.labels: torch.Tensor | None = torch.from_numpy(_load_npy(labels)) if labels.is_file() else None
-        self.skipped: list[tuple[str, str]] = [tuple(x) for x in _read_json(self.root / "skipped.json")]
+        self.rows: torch.Tensor = torch.from_numpy(_read_rows(self.root, n, self.meta["source"]["count"]))
+        self.labels: torch.Tensor | None = _read_labels(self.root, n)
+        self.skipped: list[tuple[str, str]] = _read_skipped(self.root)
         self._source: dict[str, Any] | None = None
 
     # -- what it holds -----------------------------------------------------------------------------
@@ -105,6 +216,11 @@ class TargetStore:
     @property
     def fingerprint(self) -> dict[str, Any]:
         return self.meta["source"]
+
+    @property
+    def key_mode(self) -> str:
+        """How the source rows were identified: ``"stat"`` (size + mtime, ...) or ``"content"`` (sha256)."""
+        return str(self.fingerprint.get("key_mode", "stat"))
 
     @property
     def source_paths(self) -> list[str]:
@@ -128,12 +244,25 @@ class TargetStore:
 
     def _source_json(self) -> dict[str, Any]:
         if self._source is None:
-            self._source = _read_json(self.root / "source.json")
+            path = self.root / "source.json"
+            data = _read_checked_json(path)
+            count = self.meta["source"]["count"]
+            lists = isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("paths", "keys"))
+            if not (lists and len(data["paths"]) == len(data["keys"]) == count):
+                raise _damaged(path, f"expected {{'paths': [...], 'keys': [...]}} with {count} entries each")
+            self._source = data
         return self._source
 
     def array(self, name: str) -> np.ndarray:
         """One of the projection arrays: pca_mean, pca_components, eigenvalues, target_mean, target_std."""
-        return _load_npy(self.root / f"{name}.npy")
+        if name not in _ARRAYS:
+            raise ValueError(f"array {name!r}: expected one of {', '.join(_ARRAYS)}")
+        path = self.root / f"{name}.npy"
+        array = _load_checked(path)
+        if array.dtype.kind != "f":
+            raise _damaged(path, f"holds {array.dtype}, not floating-point numbers")
+        _check_finite(array, path)
+        return array
 
     @torch.no_grad()
     def transform(self, features: torch.Tensor) -> torch.Tensor:
@@ -155,7 +284,7 @@ class TargetStore:
             from rela_fast.data import open_source
 
             source = open_source(source)
-        change = describe_change(self, source)
+        change = describe_change(self, source)  # keys made the way this store's were
         if change:
             raise UserError(
                 f"{self.root}: targets were made from a different source ({change}); "
@@ -164,8 +293,47 @@ class TargetStore:
 
 
 def load_targets(root: str | os.PathLike) -> TargetStore:
-    """Open a target store directory written by :func:`rela_fast.convert`."""
+    """Open (and validate) a target store directory written by :func:`rela_fast.convert`."""
     return TargetStore(root)
+
+
+# -- source identity -----------------------------------------------------------------------------------
+KEY_MODES = ("stat", "content")
+
+
+def _content_key(source: Any, i: int) -> str:
+    try:
+        item = source.read(i)
+    except OSError as exc:
+        return f"unreadable:{exc.strerror or exc}"
+    digest = hashlib.sha256()
+    if isinstance(item, np.ndarray):
+        digest.update(f"{item.dtype}|{item.shape}|".encode())
+        item = np.ascontiguousarray(item).tobytes()
+    digest.update(item)
+    return "sha256:" + digest.hexdigest()
+
+
+def entry_keys(source: Any, mode: str = "stat") -> list[str]:
+    """One identity string per source row: ``"stat"`` the source's cheap entry keys (size, mtime, ...),
+    ``"content"`` the sha256 of each row's bytes (reads every file: a same-size edit that restores the
+    mtime is noticed too)."""
+    if mode not in KEY_MODES:
+        raise ValueError(f"key mode {mode!r}: expected one of {KEY_MODES}")
+    if mode == "stat":
+        if hasattr(source, "entry_keys"):
+            return list(source.entry_keys())
+        return [source.entry_key(i) for i in range(len(source))]
+    with ThreadPoolExecutor(8, thread_name_prefix="rela-content-key") as pool:
+        return list(pool.map(lambda i: _content_key(source, i), range(len(source)), chunksize=64))
+
+
+def source_fingerprint(source: Any, keys: list[str], mode: str = "stat") -> dict[str, Any]:
+    """``source.fingerprint(keys)`` plus how the keys were made (``key_mode``, when not ``"stat"``)."""
+    fingerprint = dict(source.fingerprint(keys))
+    if mode != "stat":
+        fingerprint["key_mode"] = mode
+    return fingerprint
 
 
 _FINGERPRINT_FIELDS = ("kind", "count", "digest", "labels_digest")
@@ -176,13 +344,22 @@ def _examples(items: list[str], limit: int = 3) -> str:
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def describe_change(store: TargetStore, source: Any, fingerprint: dict[str, Any] | None = None) -> str | None:
+def describe_change(
+    store: TargetStore, source: Any, fingerprint: dict[str, Any] | None = None, keys: list[str] | None = None
+) -> str | None:
     """None when ``source`` fingerprints like the store's source, else a short description of what changed.
 
-    ``fingerprint`` (``source.fingerprint()``) may be passed when already computed.
+    ``keys`` (:func:`entry_keys` in the store's key mode) and ``fingerprint`` may be passed when already
+    computed; otherwise they are made the way the store's were (``store.key_mode``).
     """
-    new = source.fingerprint() if fingerprint is None else fingerprint
+    mode = store.key_mode
+    if keys is None:
+        keys = entry_keys(source, mode)
+    new = source_fingerprint(source, keys, mode) if fingerprint is None else fingerprint
     old = store.fingerprint
+    new_mode = new.get("key_mode", "stat")
+    if new_mode != mode:
+        return f"the store identifies files by {mode} keys, this run by {new_mode} keys"
     if all(old.get(k) == new.get(k) for k in _FINGERPRINT_FIELDS):
         return None
     parts = []
@@ -193,7 +370,6 @@ def describe_change(store: TargetStore, source: Any, fingerprint: dict[str, Any]
     old_paths = store.source_paths
     old_keys = dict(zip(old_paths, store.source_keys))
     new_paths = list(source.paths)
-    keys = source.entry_keys() if hasattr(source, "entry_keys") else [source.entry_key(i) for i in range(len(source))]
     new_keys = dict(zip(new_paths, keys))
     added = [p for p in new_paths if p not in old_keys]
     removed = [p for p in old_paths if p not in new_keys]
@@ -211,19 +387,42 @@ def describe_change(store: TargetStore, source: Any, fingerprint: dict[str, Any]
     return "; ".join(parts)
 
 
+# -- writing -------------------------------------------------------------------------------------------
 class StoreWriter:
-    """Builds a store in ``<out>.tmp-<pid>`` and renames it into place with :meth:`commit`."""
+    """Builds a store in a fresh, marked temporary directory next to ``out`` and swaps it into place with
+    :meth:`commit` (see :mod:`rela_fast.ownership`: only a store of ours, or an empty folder, is replaced)."""
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.out = Path(out)
-        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = make_temp_dir(self.out.parent, self.out.name)
 
     def targets(self, n: int, d: int) -> np.ndarray:
         """A writable N x d float32 memmap of ``targets.npy``."""
         return np.lib.format.open_memmap(self.tmp / "targets.npy", mode="w+", dtype=np.float32, shape=(n, d))
+
+    @contextlib.contextmanager
+    def target_rows(self, n: int, d: int):
+        """``targets.npy`` written sequentially: yields ``append(block)`` for (k, d) float32 blocks in row order.
+
+        Plain writes, not a memory map, so the process's resident memory does not grow with N (dirty pages
+        of a written memmap count towards it until written back)."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
+        written = 0
+        with open(self.tmp / "targets.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+
+            def append(block: np.ndarray) -> None:
+                nonlocal written
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if block.ndim != 2 or block.shape[1] != d or written + len(block) > n:
+                    raise ValueError(f"targets block {block.shape} does not fit {n} x {d} after {written} rows")
+                f.write(block.tobytes())
+                written += len(block)
+
+            yield append
+        if written != n:
+            raise ValueError(f"targets.npy: {written} of {n} rows written")
 
     def array(self, name: str, value: np.ndarray) -> None:
         np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
@@ -233,19 +432,30 @@ class StoreWriter:
             json.dump(value, f, indent=1 if name == "meta" else None)
 
     def commit(self) -> TargetStore:
-        """Swap the finished directory into place (the old store, if any, is removed after the swap)."""
+        """Swap the finished directory into place; the old store, if any, goes to a marked trash folder
+        that is removed after the swap. Refuses to replace anything that is not ours."""
+        mark(self.tmp, "target-store")
         for path in self.tmp.iterdir():
             if path.is_file():
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
+        trash = None
+        if self.out.exists() or self.out.is_symlink():
+            if not (ours(self.out) or _empty_dir(self.out)):
+                raise UserError(
+                    f"{self.out}: exists and was not made by rela_fast (no {MARKER}); nothing was replaced. "
+                    "Choose another --out, or move it away"
+                )
+            trash = make_temp_dir(self.out.parent, self.out.name)
+            os.replace(self.out, trash / "old")
         os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
         return TargetStore(self.out)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from torch import nn
 from rela_fast.cli import main as cli_main
 from rela_fast.conversion import KILL_AFTER_ROWS_ENV, convert
 from rela_fast.errors import UserError
+from rela_fast.ownership import MARKER, make_temp_dir
 from rela_fast.targets import load_targets
 
 SIZE, DIM, BATCH, SHARD = 32, 8, 8, 16
@@ -240,12 +242,17 @@ def test_sigkill_mid_run_resumes_to_the_same_targets(data_dir, prior_file, refer
     assert sorted(p.name for p in work.glob("shard-*")) == ["shard-000000", "shard-000001"]
     assert not out.exists()
     (work / "shard-000002.tmp-999999").mkdir()  # debris of a kill during a shard write
-    (tmp_path / "store.tmp-999999").mkdir()  # ... and during the store write
+    # ... and during the store write: a marked temporary folder of a dead process (issue 15: only marked
+    # folders are removed; a user's folder with the old debris name is kept)
+    debris = make_temp_dir(tmp_path, "store")
+    info = json.loads((debris / MARKER).read_text())
+    (debris / MARKER).write_text(json.dumps({**info, "pid": 999999}))
+    (tmp_path / "store.tmp-999999").mkdir()
 
     store = _convert(data_dir, out, prior_file)
     assert store.meta["settings"]["reused_shards"] == 2
     assert store.meta["timing"]["processed_this_run"] == 43 - 2 * SHARD
-    assert not work.exists() and not (tmp_path / "store.tmp-999999").exists()
+    assert not work.exists() and not debris.exists() and (tmp_path / "store.tmp-999999").is_dir()
     assert store.paths == reference_store.paths and store.skipped == reference_store.skipped
     torch.testing.assert_close(store.targets, reference_store.targets, rtol=0, atol=1e-6)
 

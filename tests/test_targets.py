@@ -55,7 +55,8 @@ def store(folder, tmp_path_factory):
 def test_layout_is_npy_and_json_only(store):
     names = sorted(p.name for p in store.root.iterdir())
     assert names == sorted(["meta.json", "targets.npy", "rows.npy", "source.json", "skipped.json", "pca_mean.npy",
-                            "pca_components.npy", "eigenvalues.npy", "target_mean.npy", "target_std.npy"])
+                            "pca_components.npy", "eigenvalues.npy", "target_mean.npy", "target_std.npy",
+                            ".rela_fast.json"])  # the ownership marker (issue 15)
     for path in store.root.glob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if anything needed pickle
     meta = json.loads((store.root / "meta.json").read_text())

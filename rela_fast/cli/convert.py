@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="target store directory to write")
     parser.add_argument(
         "--prior", required=True,
-        help="timm:NAME (random init unless --weights), torchscript:FILE, or a registered name (efficientnet_lite0)",
+        help="timm:NAME (random init unless --weights), torchscript:FILE, run:DIR (the backbone a `rela-fast train` "
+        "run saved), or a registered name (efficientnet_lite0)",
     )
     parser.add_argument("--weights", metavar="FILE", help="local state dict for the prior (.pth/.pt/.safetensors)")
     parser.add_argument("--size", type=int, metavar="S", help="observer input size S (default: the prior's)")
@@ -38,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=4096, metavar="N",
         help="rows per resumable shard (rounded up to a multiple of the batch size; default 4096)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a store made from other data or settings")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a store that rela_fast made from other data or settings (never a folder it did not make)",
+    )
     parser.add_argument(
         "--keep-features", action="store_true",
         help="keep the feature shards (<out>.work) so a later change of the source is recomputed incrementally",
@@ -49,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fused encoder")
     parser.add_argument("--threads", type=int, metavar="N", help="decoder threads (default: all cores)")
+    parser.add_argument(
+        "--verify-content", action="store_true",
+        help="identify files by a sha256 of their bytes, not size + mtime (reads every file once more; notices "
+        "a same-size edit that kept the mtime)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             compile=args.compile,
             num_threads=args.threads,
+            verify_content=args.verify_content,
         )
     finally:
         if started:

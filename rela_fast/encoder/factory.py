@@ -8,6 +8,9 @@ Specs:
   ``weights_only=True``, or ``.safetensors``); input size, mean, std, interpolation from timm's
   ``pretrained_cfg`` (nothing is downloaded);
 * ``torchscript:FILE``: ``torch.jit.load``; its output is taken as the features;
+* ``run:DIR`` (or ``run:DIR/checkpoint.pt``): the backbone of a ``rela-fast train`` run, rebuilt from the
+  architecture config its checkpoint stores and loaded with ``weights_only=True``; input size = the run's
+  image size, ImageNet mean/std (the trainer's normalisation); a trained student as the next prior;
 * an ``nn.Module`` (API only): used as it is; its output is taken as the features.
 
 Input size, mean, std and interpolation of TorchScript files and modules default to 224 and ImageNet's
@@ -60,6 +63,8 @@ def create_prior(
         return _from_timm(spec[5:], weights, head, overrides, seed)
     if spec.startswith("torchscript:"):
         return _from_torchscript(spec[12:], weights, overrides)
+    if spec.startswith("run:"):
+        return _from_run(spec[4:], weights, overrides)
     hint = ""
     try:
         import timm
@@ -69,7 +74,7 @@ def create_prior(
     except ImportError:
         pass
     raise UserError(
-        f"prior {spec!r}: unknown{hint}; use one of {', '.join(REGISTRY)}, timm:NAME or torchscript:FILE "
+        f"prior {spec!r}: unknown{hint}; use one of {', '.join(REGISTRY)}, timm:NAME, torchscript:FILE or run:DIR "
         "(`rela-fast priors` lists the registered ones)"
     )
 
@@ -209,6 +214,31 @@ def _from_torchscript(path, weights, overrides):
     )
 
 
+def _from_run(path, weights, overrides):
+    """A trained student: the backbone a ``rela-fast train`` run saved in ``checkpoint.pt``."""
+    from rela_fast.train.checkpoint import load_backbone
+
+    if weights is not None:
+        raise UserError("weights: a run directory carries its own weights; drop --weights")
+    file = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if not path or not os.path.isfile(file):
+        raise UserError(f"prior 'run:{path}': no checkpoint.pt there; give the --out folder of a `rela-fast train` run")
+    try:
+        backbone, config, _ = load_backbone(file)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:  # a checkpoint of another shape
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"prior 'run:{path}': its checkpoint does not hold a loadable backbone ({first})") from None
+    arch = config["backbone"]
+    size = int(config.get("image_size") or arch.get("image_size") or 224)
+    base = {"input_size": size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
+    name = os.path.basename(os.path.normpath(os.path.dirname(file) if file != path else path))
+    return _finish(
+        backbone.eval(), f"run:{name}", str(arch.get("arch")), {**base, **overrides},
+        hash_state_dict(backbone.state_dict()), f"rela-fast train run {os.path.abspath(file)}",
+        "as the run's data and prior allow",
+    )
+
+
 def _from_module(module, weights, overrides):
     if weights is not None:
         path = os.fspath(weights)
@@ -267,8 +297,18 @@ def _overrides(input_size, mean, std, interpolation) -> dict[str, object]:
     return out
 
 
+def _check_finite_weights(model, name):
+    """NaN or inf in the weights would make every target NaN: refuse them here, naming the tensor."""
+    for key, value in model.state_dict().items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(
+                f"prior {name!r}: tensor {key!r} holds NaN or inf; the weights are damaged, use other weights"
+            )
+
+
 def _finish(model, name, arch, base, digest, source, licence):
     model.eval()
+    _check_finite_weights(model, name)
     size = int(base["input_size"])
     with torch.no_grad():
         try:

@@ -1,0 +1,139 @@
+"""The output lock and the ``<out>.work`` folder of feature shards, both only ever rela_fast's own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rela_fast.conversion.shards import ShardPlan
+from rela_fast.ownership import MARKER, mark, ours, remove_dead_temps, remove_if_ours
+
+LOCK_TEXT = "rela_fast convert lock\n"
+
+
+class OutputLock:
+    """``<out>.lock``, held (flock) by rank 0 for the whole run: two conversions never write one store.
+
+    A lock file rela_fast creates holds :data:`LOCK_TEXT` and is removed at the end; a user's file of that
+    name is locked (flock changes nothing in it) and left exactly as it was."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(out.name + ".lock")
+        self.fd: int | None = None
+        self.ours = False
+
+    def acquire(self) -> str | None:
+        """None when acquired (or locking is unavailable), else the error message."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            return f"{self.path}: exists and is not a lock file rela_fast made; move it away or choose another --out"
+        try:
+            self.fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            self.fd, created = os.open(self.path, os.O_RDWR), False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            return (
+                f"{self.path.with_suffix('')}: another rela-fast convert is writing it (lock file {self.path}); "
+                "wait for it to finish or choose another --out"
+            )
+        if created:
+            os.write(self.fd, LOCK_TEXT.encode())
+        self.ours = created or os.pread(self.fd, 256, 0) == LOCK_TEXT.encode()  # ours, left by a killed run
+        return None
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if self.ours:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def claim_message(path: Path, what: str) -> str | None:
+    """None when ``path`` may be used (absent, an empty folder, or ours), else why not (one line)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_dir() and not path.is_symlink() and (ours(path) or not any(path.iterdir())):
+        return None
+    kind = "a file" if path.is_file() else "a link" if path.is_symlink() else "a folder"
+    return (
+        f"{path}: {what}, but {kind} of that name exists that rela_fast did not make (no {MARKER}); "
+        "nothing was changed. Move it away or choose another --out"
+    )
+
+
+def _read_plan(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, out: Path) -> list[str]:
+    """Rank 0: clear debris of dead runs, (re)create the marked work folder, drop shards that no longer
+    match (other settings, changed rows), record the settings. Returns notes for the log."""
+    work, notes = plan.work, []
+    remove_dead_temps(out.parent, out.name)
+    plan_file = work / "plan.json"
+    old = _read_plan(plan_file) if work.is_dir() else None
+    if work.is_dir() and old != settings and any(work.iterdir()):
+        if old is not None:
+            notes.append(f"{work} was made with other settings; starting afresh")
+        remove_if_ours(work)
+    work.mkdir(parents=True, exist_ok=True)
+    mark(work, "work")
+    for path in work.glob("*.tmp-*"):  # shard writes of killed runs (inside our own folder)
+        pid = path.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+    by_name = {s.path.name: s for s in plan.shards}
+    stale = 0
+    for path in work.glob("shard-*"):
+        shard = by_name.get(path.name)
+        if ".tmp-" in path.name:  # a live process's shard write
+            continue
+        if shard is None or not shard.intact(plan.digest(shard), feature_dim):
+            stale += 1
+            shutil.rmtree(path, ignore_errors=True)
+    if stale and old is not None:
+        notes.append(f"{stale} shard(s) no longer match the source; recomputing them")
+    with open(work / "plan.json.tmp", "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+    os.replace(work / "plan.json.tmp", plan_file)
+    return notes
+
+
+def first_kept_failure(plan: ShardPlan) -> tuple[int, str] | None:
+    """The first undecodable row recorded in a finished shard (for ``on_error="fail"`` on resume)."""
+    for shard in plan.shards:
+        failures = shard.info()["failures"] if shard.exists() else []
+        if failures:
+            return int(failures[0][0]), str(failures[0][1])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
