@@ -53,16 +53,22 @@ def _open_targets(t: Any, source: Any) -> tuple[torch.Tensor, torch.Tensor | Non
 
 
 def _subset(td: TrainData, rows: Any) -> TrainData:
-    """Restrict to source ``rows`` (when the targets do not already choose the rows)."""
+    """Restrict to source ``rows``; with a store, to its entries for those rows (all of them must be there)."""
     if rows is None:
         return td
-    if td.rows is not None:
-        raise UserError("rows: the target store already chooses the rows it was made from; pass one or the other")
     r = torch.as_tensor(np.asarray(rows)).long()
     if r.ndim != 1 or len(r) == 0 or int(r.min()) < 0 or int(r.max()) >= len(td.source):
         raise UserError(f"rows: expected a non-empty 1-d list of row numbers in [0, {len(td.source)})")
-    targets = td.targets[r] if td.targets is not None else None
-    labels = td.labels[r] if td.labels is not None else None
+    if td.rows is not None:  # the store's entry j is source row td.rows[j]
+        pos = torch.full((len(td.source),), -1, dtype=torch.long)
+        pos[td.rows] = torch.arange(len(td.rows))
+        take = pos[r]
+        if bool((take < 0).any()):
+            raise UserError(f"rows: {int((take < 0).sum())} of them have no target in the store; convert them first")
+    else:
+        take = r
+    targets = td.targets[take] if td.targets is not None else None
+    labels = td.labels[take] if td.labels is not None else None
     return TrainData(td.source, targets, r, labels)
 
 
