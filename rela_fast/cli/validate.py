@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rela_fast.errors import UserError
+from rela_fast.runlock import RUN_MARKER
 
 # A folder that holds one of these was written by a rela_fast run (RUN_MARKER since this version;
 # the others for runs made before it existed), so a new run may resume in it or replace its files.
-RUN_MARKER = ".rela_fast_run"
 RUN_FILES = (RUN_MARKER, "checkpoint.pt", "metrics.jsonl", "summary.json")
 # Paths that are never an output folder: the file-system root and the kernel's virtual file systems.
 FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")

@@ -39,6 +39,7 @@ from rela_fast.errors import UserError
 from rela_fast.train.augment import two_views
 from rela_fast.train.backbones import create_backbone, feature_dim
 from rela_fast.train.checkpoint import load_checkpoint, save_checkpoint
+from rela_fast.train.guards import check_inputs, check_loss, check_settings, claim_run_dir
 from rela_fast.train.handover import HandOver
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, auto_image_size, dali_available, make_loader
 from rela_fast.train.methods import Method, create_method
@@ -172,6 +173,9 @@ class ReLATrainer:
                 raise UserError(f"method {method!r}: unknown; use one of {', '.join(METHODS)} or pass a Method")
         elif not isinstance(method, Method):
             raise UserError(f"method: expected a name or a rela_fast.train.Method, got {type(method).__name__}")
+        check_settings(lr=lr, warmup=warmup, weight_decay=weight_decay, momentum=momentum, image_size=image_size,
+                       num_workers=num_workers, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                       soft_steps=soft_steps, lambda_const=lambda_const, device=device)
         self.backbone = backbone
         self.method = method
         self.targets = targets
@@ -276,6 +280,7 @@ class ReLATrainer:
             if rows is not None:
                 labels = labels[rows]
         n = len(targets) if targets is not None else len(source)
+        check_inputs(targets, labels, self.stratify)
         return source, targets, rows, labels, n
 
     def _config(self) -> dict[str, Any]:
@@ -478,6 +483,10 @@ class ReLATrainer:
     def fit(self, data: Any, *, resume: bool = True) -> TrainResult:
         """Train on ``data`` (a path, an array, or a Source); resumes from ``out/checkpoint.pt`` if present."""
         self._build(data)
+        with claim_run_dir(self.out, self.rank, self.world):  # one run per folder; a stale .tmp is removed
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         main = self.rank == 0
         if self.out is not None and main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -613,6 +622,7 @@ class ReLATrainer:
                 reduced = torch.tensor([sums.get(k, float("nan")) for k in ("loss", "rela_loss", "method_loss")],
                                        device=self.device)
                 reduced = self._all_mean(reduced).tolist()
+                check_loss(reduced[0], self.step, epoch)
                 rho = self.handover.update(reduced[1] if phase_before == 1 else None)
                 if self.device.type == "cuda" and (self.step % self.log_every == 0):
                     torch.cuda.synchronize()
