@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; bad input exits with 2 and a one-line message."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad argument: exit code 2, its one line already printed; --help exits
+        if not exc.code:
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args._run(args) or 0)
     except BaseException as exc:  # noqa: BLE001 - the one place that turns every failure into its exit code

@@ -139,10 +139,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickled objects (refused), a truncated or corrupt file, not a torch file
         if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
-            raise UserError(f"checkpoint {path}: holds objects other than tensors and plain values, which are "
-                            "never loaded (they could run code); it was not written by rela_fast") from None
+            raise UserError(f"checkpoint {path}: cannot be loaded, it holds objects other than tensors and plain "
+                            "values, which are never loaded (they could run code); not written by rela_fast") from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
-        raise UserError(f"checkpoint {path}: damaged or not a checkpoint ({first})") from None
+        raise UserError(f"checkpoint {path}: cannot be loaded, damaged or not a checkpoint ({first})") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path}: holds a {type(state).__name__}, not a rela_fast checkpoint")
     return state
