@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rela_fast.cli.validate import device, integer, real
+
 HELP = "linear-probe a trained run: features extracted once, a linear layer trained on them (Adam, 100 epochs)"
 
 
@@ -11,13 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (from `rela-fast train --out`) or a checkpoint file")
     parser.add_argument("--data", required=True, help="labelled training images for the probe")
     parser.add_argument("--test-data", help="labelled test images (default: the IDX folder's t10k split)")
-    parser.add_argument("--epochs", type=int, default=100, help="probe epochs (spec: 100)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="probe Adam learning rate (spec: 3e-4)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=integer(3), default=100, help="probe epochs (spec: 100)")
+    parser.add_argument("--lr", type=real(0.0, lo_open=True), default=3e-4,
+                        help="probe Adam learning rate (spec: 3e-4)")
+    parser.add_argument("--batch-size", type=integer(1), default=256)
     parser.add_argument("--standardize", action="store_true", help="standardise features first (not the spec)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=device, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--workers", type=integer(0, 256), default=0)
+    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -27,13 +30,12 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    import torch
-
+    from rela_fast.cli.validate import check_device
     from rela_fast.eval import linear_probe
     from rela_fast.train.checkpoint import load_backbone
     from rela_fast.train.metrics import MetricsLog, plot_metrics, read_metrics
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device)
     backbone, config, state = load_backbone(args.run, device)
     size = (config.get("backbone") or {}).get("image_size") or config.get("image_size")
     test = args.test_data if args.test_data is not None else args.data

@@ -21,6 +21,7 @@ import re
 import tarfile
 import threading
 import warnings
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rela_fast.data.images import IMAGE_EXTENSIONS, is_image_name
+from rela_fast.data.limits import MAX_CLASSES, max_idx_bytes, max_image_bytes, not_regular, read_regular
 from rela_fast.errors import UserError
 
 FASHION_MNIST_CLASSES = [
@@ -103,8 +105,8 @@ class _FileSource(Source):
     """Rows that are files on disk: ``paths`` relative to ``root`` (or absolute, for file lists)."""
 
     def read(self, i: int) -> bytes:
-        with open(os.path.join(self.root, self.paths[i]), "rb") as f:
-            return f.read()
+        """The file's bytes; a FIFO, device or socket, or a file over the image cap, raises OSError."""
+        return read_regular(os.path.join(self.root, self.paths[i]))
 
     def entry_key(self, i: int) -> str:
         path = self.paths[i]
@@ -120,15 +122,20 @@ class FolderSource(_FileSource):
 
     Images are found recursively (symlinks followed, hidden files and folders skipped). When the top folder
     holds images itself as well as sub-folders with images, the layout is ambiguous: it is read as one flat,
-    unlabelled folder (recursively) and a warning says so.
+    unlabelled folder (recursively) and a warning says so. Entries that are not regular files (FIFOs,
+    devices, sockets, or symlinks to them) are left out without being opened, and a warning names them.
     """
 
     kind = "folder"
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        top_files, subdirs = _scan_top(self.root)
-        class_files = {name: _walk_images(os.path.join(self.root, name), name) for name in subdirs}
+        special: list[str] = []
+        top_files, subdirs = _scan_top(self.root, special)
+        class_files = {name: _walk_images(os.path.join(self.root, name), name, special) for name in subdirs}
+        if special:
+            warnings.warn(f"{self.root}: skipped {len(special)} entr{'y' if len(special) == 1 else 'ies'} that "
+                          f"are not regular files, e.g. {special[0]}", stacklevel=3)
         nonempty = sorted(name for name, files in class_files.items() if files)
         if top_files and nonempty:
             warnings.warn(
@@ -157,7 +164,7 @@ def _path_key(path: str) -> list[str]:
     return path.split("/")
 
 
-def _scan_top(root: str) -> tuple[list[str], list[str]]:
+def _scan_top(root: str, special: list[str]) -> tuple[list[str], list[str]]:
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
@@ -168,12 +175,24 @@ def _scan_top(root: str) -> tuple[list[str], list[str]]:
             continue
         if _is_dir(entry):
             dirs.append(entry.name)
-        elif is_image_name(entry.name) and (_is_file(entry) or entry.is_symlink()):
+        elif is_image_name(entry.name) and _keep(entry, entry.name, special):
             files.append(entry.name)
     return files, dirs
 
 
-def _walk_images(top: str, prefix: str) -> list[str]:
+def _keep(entry: os.DirEntry, rel: str, special: list[str]) -> bool:
+    """True for a regular file or a dangling symlink (listed, then skipped at decode time with its reason);
+    a FIFO, device or socket (also behind a symlink) goes to ``special`` as ``"rel (what)"``."""
+    if _is_file(entry):
+        return True
+    kind = not_regular(entry.path)
+    if kind is None:
+        return entry.is_symlink()
+    special.append(f"{rel} ({kind})")
+    return False
+
+
+def _walk_images(top: str, prefix: str, special: list[str]) -> list[str]:
     """Relative paths (prefixed) of all image files under ``top``, following symlinks without looping."""
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
@@ -194,7 +213,7 @@ def _walk_images(top: str, prefix: str) -> list[str]:
                 continue
             if _is_dir(entry):
                 stack.append((entry.path, f"{rel}/{entry.name}"))
-            elif is_image_name(entry.name) and (_is_file(entry) or entry.is_symlink()):
+            elif is_image_name(entry.name) and _keep(entry, f"{rel}/{entry.name}", special):
                 # a dangling symlink stays in: it is listed as skipped with its reason, not silently dropped
                 found.append(f"{rel}/{entry.name}")
     return found
@@ -244,8 +263,7 @@ class FileListSource(_FileSource):
         if all(len(parts) == 2 and re.fullmatch(r"[+-]?\d+", parts[1]) for parts in split):
             self.paths = [parts[0] for parts in split]
             self.labels = [int(parts[1]) for parts in split]
-            if min(self.labels) < 0:
-                raise UserError(f"{list_file}: negative label {min(self.labels)}; labels must be 0, 1, 2, ...")
+            _check_label_range(self.labels, list_file)
         else:
             self.paths, self.labels = lines, None
         self.classes = None
@@ -306,6 +324,10 @@ class TarSource(Source):
         self._lock = threading.Lock()
 
     def _index(self, shard: str) -> tuple[list[tuple[str, int, int, int | None]], int]:
+        """The shard's samples ``(member, offset, size, label)``; a damaged or hostile shard is a UserError."""
+        kind = not_regular(shard)
+        if kind is not None:
+            raise UserError(f"{shard}: {kind}, not a tar file; give regular .tar files")
         try:
             archive = tarfile.open(shard, mode="r:")  # noqa: SIM115 (closed by the `with` below)
         except tarfile.ReadError as exc:
@@ -315,24 +337,11 @@ class TarSource(Source):
             ) from None
         except OSError as exc:
             raise UserError(f"{shard}: cannot open ({exc.strerror})") from None
-        order: list[str] = []
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
         with archive:
-            for info in archive:
-                if not info.isfile() or info.issparse():
-                    continue
-                name = info.name[2:] if info.name.startswith("./") else info.name
-                folder, _, base = name.rpartition("/")
-                if base.startswith("."):
-                    continue
-                stem, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{folder}/{stem}" if folder else stem
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key].setdefault(ext.lower(), info)
+            try:
+                order, groups = _group_members(archive, shard)
+            except (tarfile.TarError, EOFError) as exc:
+                raise UserError(f"{shard}: the tar file is damaged ({exc}); rewrite or remove this shard") from None
             samples, missing = [], 0
             for key in order:
                 members = groups[key]
@@ -343,10 +352,7 @@ class TarSource(Source):
                 label = None
                 for ext in _TAR_LABEL_EXTENSIONS:
                     if ext in members:
-                        text = archive.extractfile(members[ext]).read().decode("utf-8", "replace").strip()
-                        if not re.fullmatch(r"\d+", text):
-                            raise UserError(f"{shard}#{members[ext].name}: label {text[:40]!r} is not an integer")
-                        label = int(text)
+                        label = _tar_label(archive, members[ext], shard)
                         break
                 name = image.name[2:] if image.name.startswith("./") else image.name
                 samples.append((name, image.offset_data, image.size, label))
@@ -397,6 +403,63 @@ class TarSource(Source):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def _group_members(archive: tarfile.TarFile, shard: str) -> tuple[list[str], dict[str, dict[str, tarfile.TarInfo]]]:
+    """Members grouped by sample key, in shard order; every member must lie inside the file and be
+    no larger than the image cap (a truncated shard or an absurd declared size is refused here)."""
+    shard_size = os.stat(shard).st_size
+    cap = max_image_bytes()
+    order: list[str] = []
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    for info in archive:
+        if not info.isfile() or info.issparse():
+            continue
+        name = info.name[2:] if info.name.startswith("./") else info.name
+        if info.size < 0 or info.offset_data + info.size > shard_size:
+            raise UserError(f"{shard}#{name}: the member claims {info.size} bytes past the end of the file "
+                            f"({shard_size} bytes): the shard is truncated or damaged; rewrite it")
+        folder, _, base = name.rpartition("/")
+        if base.startswith("."):
+            continue
+        stem, dot, ext = base.partition(".")
+        if not dot:
+            continue
+        if info.size > cap:
+            raise UserError(f"{shard}#{name}: {info.size} bytes, over the {cap}-byte image cap "
+                            "(RELA_FAST_MAX_IMAGE_BYTES); remove it from the shard or raise the cap")
+        key = f"{folder}/{stem}" if folder else stem
+        if key not in groups:
+            groups[key] = {}
+            order.append(key)
+        groups[key].setdefault(ext.lower(), info)
+    return order, groups
+
+
+def _tar_label(archive: tarfile.TarFile, member: tarfile.TarInfo, shard: str) -> int:
+    """The integer in a ``.cls`` member: a class id ``0 <= label < MAX_CLASSES``."""
+    where = f"{shard}#{member.name}"
+    if member.size > 64:
+        raise UserError(f"{where}: {member.size} bytes is not a class label; a .cls member holds one integer")
+    text = archive.extractfile(member).read().decode("utf-8", "replace").strip()
+    if not re.fullmatch(r"\d+", text):
+        raise UserError(f"{where}: label {text[:40]!r} is not an integer")
+    if len(text) > 7 or int(text) >= MAX_CLASSES:
+        raise UserError(f"{where}: label {text[:40]} is not a class id below {MAX_CLASSES}; "
+                        "labels number the classes 0, 1, 2, ...")
+    return int(text)
+
+
+def _check_label_range(labels: Sequence[int], where: str) -> None:
+    """Labels are class ids: ``0 <= label < MAX_CLASSES`` (one classifier row is allocated per class)."""
+    if not len(labels):
+        return
+    low, high = min(labels), max(labels)
+    if low < 0:
+        raise UserError(f"{where}: negative label {low}; labels must be 0, 1, 2, ...")
+    if high >= MAX_CLASSES:
+        raise UserError(f"{where}: label {high} is not a class id below {MAX_CLASSES}; labels number the "
+                        "classes 0, 1, 2, ...")
 
 
 # ------------------------------------------------------------------------------------------ in-memory rows
@@ -504,30 +567,41 @@ class IdxSource(_ArrayRows):
 
 
 def _read_idx(path: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """The array in an IDX file (optionally gzipped): the header is checked first and exactly the bytes it
+    declares are read (at most ``max_idx_bytes()``), so neither a gzip bomb nor an absurd header can
+    exhaust memory."""
+    kind = not_regular(path)
+    if kind is not None:
+        raise UserError(f"{path}: {kind}, not an IDX file")
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except (OSError, EOFError) as exc:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise UserError(f"{path}: not an IDX file (bad magic number)")
+            if head[2] != _IDX_UBYTE:
+                raise UserError(f"{path}: IDX element type 0x{head[2]:02x} is not supported (unsigned bytes, "
+                                "0x08, expected)")
+            ndim = head[3]
+            if ndim not in ndims:
+                raise UserError(f"{path}: IDX file has {ndim} dimensions, expected {' or '.join(map(str, ndims))}")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise UserError(f"{path}: IDX header is truncated")
+            shape = tuple(int.from_bytes(dims[4 * k:4 * k + 4], "big") for k in range(ndim))
+            count = 1
+            for d in shape:
+                count *= d  # Python ints: a header of 2^32-1 x 2^32-1 x ... cannot overflow
+            cap = max_idx_bytes()
+            if count > cap:
+                raise UserError(f"{path}: the IDX header declares {'x'.join(map(str, shape))} = {count} bytes, "
+                                f"over the {cap}-byte cap (RELA_FAST_MAX_IDX_BYTES); the file is damaged")
+            data = f.read(count + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: cannot read the IDX file ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
-    if data[2] != _IDX_UBYTE:
-        raise UserError(f"{path}: IDX element type 0x{data[2]:02x} is not supported (unsigned bytes, 0x08, expected)")
-    ndim = data[3]
-    if ndim not in ndims:
-        raise UserError(f"{path}: IDX file has {ndim} dimensions, expected {' or '.join(map(str, ndims))}")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise UserError(f"{path}: IDX header is truncated")
-    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape))
-    if len(data) - header != count:
-        raise UserError(f"{path}: IDX data has {len(data) - header} bytes, the header says {count} (file truncated?)")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    if len(data) != count:
+        got = f"{len(data)}" if len(data) <= count else "more"
+        raise UserError(f"{path}: IDX data has {got} bytes, the header says {count} (file truncated or damaged?)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find_idx(folder: str, split: str) -> tuple[str, str | None] | None:
@@ -590,6 +664,7 @@ def open_source(
             raise UserError(f"labels: {values.shape} labels for {len(source)} images; give one integer per image")
         if values.dtype.kind not in "iub" or (len(values) and values.min() < 0):
             raise UserError("labels: must be non-negative integers (class ids 0, 1, 2, ...)")
+        _check_label_range(values.tolist(), "labels")
         source.labels = values.astype(np.int64).tolist()
         if source.classes is not None and max(source.labels) >= len(source.classes):
             source.classes = None
@@ -617,6 +692,10 @@ def _open_path(path: str, split: str, kind: str | None) -> Source:
         if kind == "tar":
             raise UserError(f"{path}: no .tar shards in this folder")
         return FolderSource(path)
+    special = not_regular(path)
+    if special is not None:
+        raise UserError(f"{path}: {special}, not a data file; give an image folder, a file list, .tar shards "
+                        "or IDX files")
     if kind == "idx" or (kind is None and _is_idx_name(os.path.basename(path))):
         return IdxSource(path, _labels_for(path))
     if kind == "folder":

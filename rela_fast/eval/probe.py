@@ -108,6 +108,11 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
         raise UserError("linear probe: the data has no labels; the probe needs a labelled train and test split")
     if epochs < 3:
         raise UserError(f"probe epochs={epochs}: at least 3 (the result is the mean of the last three)")
+    for split, x in (("train", train_x), ("test", test_x)):
+        bad = int((~torch.isfinite(x).all(dim=1)).sum()) if x.dim() == 2 else 0
+        if bad:
+            raise UserError(f"linear probe: {bad} of the {x.shape[0]} {split} feature rows hold NaN or inf; the "
+                            "backbone's weights are broken (a diverged run?) or the inputs are; nothing to probe")
     dev = train_x.device
     if standardize:
         mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)

@@ -3,7 +3,8 @@
 Write: ``torch.save`` to a temporary file in the same directory, flush + ``fsync``, ``os.replace`` onto
 the final name (atomic on POSIX), then ``fsync`` the directory so the rename itself is durable. A kill at
 any moment leaves either the previous checkpoint or the new one, never a torn file (a stale ``.tmp``
-may remain; it is ignored and overwritten).
+may remain; the next run removes it, under its lock: :func:`remove_stale_tmp`). Non-finite weights are
+never written over a good checkpoint.
 
 Content must be tensors and plain Python values (dict, list, tuple, str, int, float, bool, None): no
 pickled objects, so loading never executes code; :func:`check_plain` enforces it at save time.
@@ -11,7 +12,11 @@ pickled objects, so loading never executes code; :func:`check_plain` enforces it
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,46 +59,155 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+MODEL_KEYS = ("backbone", "head", "method", "classifier")  # the trained weights in a trainer checkpoint
+MAX_CONVNET_WIDTH = 512  # convnet-W: widths W..8W; 8 x 512 channels is already a 75 M-parameter last block
+MAX_IMAGE_SIZE = 4096
+
+
+def tmp_path(path: str | os.PathLike) -> Path:
+    """The temporary file :func:`save_checkpoint` writes before renaming it onto ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> bool:
+    """Delete ``path``'s temporary file left by a run that was killed while saving; True if there was one.
+
+    Call it only while holding the run's lock (no other process can be writing it then). Only a regular
+    file with exactly that name is removed: it is rela_fast's own, never the user's.
+    """
+    tmp = tmp_path(path)
+    if tmp.is_symlink() or not tmp.is_file():
+        return False
+    tmp.unlink()
+    return True
+
+
+def _check_finite(state: dict[str, Any], path: Path) -> None:
+    """Refuse to write non-finite model weights: the previous (good) checkpoint stays in place."""
+    for key in MODEL_KEYS:
+        part = state.get(key)
+        if not isinstance(part, dict):
+            continue
+        for name, t in part.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise UserError(f"{path}: not saved, {key}.{name} holds NaN or inf (the training diverged); the "
+                                "last good checkpoint is kept; lower the learning rate or check the targets")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Atomically write ``state`` to ``path`` (temp + fsync + rename + directory fsync)."""
+    """Atomically write ``state`` to ``path`` (temp + fsync + rename + directory fsync).
+
+    Model weights (:data:`MODEL_KEYS`) must be finite; an OSError (a full disk) names the file and leaves
+    the previous checkpoint untouched.
+    """
     check_plain(state)
     path = Path(path)
+    _check_finite(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(exc.errno, exc.strerror or str(exc), str(tmp)) from exc
+    except RuntimeError as exc:  # torch's writer wraps the failed write of a full disk
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(errno.EIO, f"cannot write the checkpoint ({str(exc).splitlines()[0]}); is the disk full?",
+                      str(tmp)) from exc
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a missing or unreadable file is a UserError."""
+    """Load a checkpoint with ``weights_only=True``; a missing, damaged or foreign file is a one-line UserError.
+
+    The message never suggests ``weights_only=False``: a file that needs it may run code when loaded.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"checkpoint {path}: not found; pass a run directory or a checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # a corrupt file or one with pickled objects
-        raise UserError(f"checkpoint {path}: cannot be loaded ({exc}); it is not a rela_fast checkpoint") from exc
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickled objects (refused), a truncated or corrupt file, not a torch file
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+            raise UserError(f"checkpoint {path}: cannot be loaded, it holds objects other than tensors and plain "
+                            "values, which are never loaded (they could run code); not written by rela_fast") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
+        raise UserError(f"checkpoint {path}: cannot be loaded, damaged or not a checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path}: holds a {type(state).__name__}, not a rela_fast checkpoint")
+    return state
+
+
+def check_backbone_config(arch: Any, path: Path | str) -> dict[str, Any]:
+    """The backbone config of a checkpoint, checked before anything is built from it.
+
+    A crafted file could otherwise ask for a network of hundreds of GB (``convnet-100000``, a huge image
+    size): only ``arch`` (a name), ``image_size`` (1..4096) and ``small_stem`` (a bool) are accepted.
+    """
+    if not isinstance(arch, dict) or set(arch) - {"arch", "image_size", "small_stem"}:
+        raise UserError(f"{path}: the backbone config {str(arch)[:80]} is not one rela_fast writes")
+    name, size, stem = arch.get("arch"), arch.get("image_size", 224), arch.get("small_stem")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", name):
+        raise UserError(f"{path}: backbone name {str(name)[:80]!r} is not an architecture name")
+    if type(size) is not int or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise UserError(f"{path}: image_size {str(size)[:40]} is outside [1, {MAX_IMAGE_SIZE}]")
+    if stem is not None and type(stem) is not bool:
+        raise UserError(f"{path}: small_stem {str(stem)[:40]} is not true or false")
+    bare = name.removeprefix("timm:")
+    if bare == "convnet" or bare.startswith("convnet-"):
+        width = bare.partition("-")[2] or "32"
+        if not width.isdigit() or not 1 <= int(width) <= MAX_CONVNET_WIDTH:
+            raise UserError(f"{path}: backbone {name!r}: the convnet width must be in [1, {MAX_CONVNET_WIDTH}]")
+    return arch
+
+
+def load_weights(module: torch.nn.Module, weights: Any, what: str, path: Path | str) -> None:
+    """``module.load_state_dict(weights)`` after checking names and shapes: a mismatch is one line."""
+    if not isinstance(weights, dict):
+        raise UserError(f"{path}: {what} weights are a {type(weights).__name__}, not a state dict")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights]
+    extra = [k for k in weights if k not in expected]
+    if missing or extra:
+        names = ", ".join((missing + extra)[:3])
+        raise UserError(f"{path}: {what} weights do not fit the architecture ({len(missing)} missing, "
+                        f"{len(extra)} unexpected, e.g. {names}); it was written for another model")
+    for k, t in expected.items():
+        got = weights[k]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(t.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise UserError(f"{path}: {what} weight {k} has shape {shape}, the architecture needs "
+                            f"{tuple(t.shape)}; it was written for another model")
+    module.load_state_dict(weights)
 
 
 def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """``(backbone, config, state)`` from a run directory or a trainer checkpoint: the backbone rebuilt by
-    :func:`~rela_fast.train.backbones.create_backbone` from the stored config, with its trained weights."""
+    :func:`~rela_fast.train.backbones.create_backbone` from the stored config, with its trained weights.
+
+    The stored config is bounded (:func:`check_backbone_config`) before the model is built, and the
+    weights' names and shapes are checked against it before they are loaded."""
     from rela_fast.train.backbones import create_backbone
 
     state = load_checkpoint(path, map_location="cpu")
     config = state.get("config", {})
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: the checkpoint's config is a {type(config).__name__}, not a rela_fast config")
     arch = config.get("backbone")
     if not arch:
         raise UserError(
             f"{path}: the run trained a custom backbone module, which cannot be rebuilt from the checkpoint; "
             "load it yourself and call rela_fast.eval.linear_probe(backbone, train, test)")
-    backbone, _, _ = create_backbone(**arch)
-    backbone.load_state_dict(state["backbone"])
+    backbone, _, _ = create_backbone(**check_backbone_config(arch, path))
+    load_weights(backbone, state.get("backbone"), "backbone", path)
     return backbone.to(device), config, state

@@ -47,6 +47,7 @@ from rela_fast.train.backbones import create_backbone, feature_dim
 from rela_fast.train.callbacks import Callback, CallbackList, Clock, TrainState
 from rela_fast.train.checkpoint import load_checkpoint, save_checkpoint
 from rela_fast.train.data import open_train_data
+from rela_fast.train.guards import check_inputs, check_loss, check_settings, claim_run_dir
 from rela_fast.train.handover import HandOver
 from rela_fast.train.loader import auto_image_size
 from rela_fast.train.methods import Method, create_method
@@ -218,6 +219,9 @@ class ReLATrainer:
                            freeze_head=freeze_head, decay_all=decay_all, method=method,
                            method_kwargs=method_kwargs)
         views = loader if loader is not None else views
+        check_settings(lr=lr, warmup=warmup, weight_decay=r.weight_decay, momentum=momentum, image_size=image_size,
+                       num_workers=num_workers, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                       soft_steps=soft_steps, lambda_const=lambda_const, device=device)
         _check_args(budget, epochs, subset_policy, r.batch_size, accumulate, optimizer, views, amp, method,
                     handover, lambda_const)
         if subset_policy != "random" and targets is None:
@@ -277,6 +281,7 @@ class ReLATrainer:
         self.rank, self.world = rank_and_world()
         self.device = resolve_device(self.device_arg)
         td = open_train_data(data, self.targets, self.rows_arg)
+        check_inputs(td.targets, td.labels, self.stratify)
         self.source, self.rows, self.labels, self.n = td.source, td.rows, td.labels, td.n
         self.rela = td.targets is not None
         if self.image_size is None:
@@ -440,6 +445,10 @@ class ReLATrainer:
     def fit(self, data: Any, *, resume: bool = True) -> TrainResult:
         """Train on ``data`` (a path, an array, or a Source); resumes from ``out/checkpoint.pt`` if present."""
         self._build(data)
+        with claim_run_dir(self.out, self.rank, self.world):  # one run per folder; a stale .tmp is removed
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         main = self.rank == 0
         if self.out is not None and main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -586,6 +595,7 @@ class ReLATrainer:
         reduced = torch.tensor([acc.sums.get(k, float("nan")) for k in ("loss", "rela_loss", "method_loss")] + [plain],
                                device=self.device)
         loss, rela_loss, method_loss, plain = self._all_mean(reduced).tolist()
+        check_loss(loss, self.state.step, self.state.epoch)
         phase_before = self.handover.phase
         rho = self.handover.update(plain if phase_before == 1 else None)
         s.wall_time, s.phase, s.rela_weight = self.clock.elapsed(), self.handover.phase, self.handover.rela_weight

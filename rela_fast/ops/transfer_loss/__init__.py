@@ -19,6 +19,7 @@ from torch import nn
 from rela_fast.errors import UserError
 from rela_fast.ops.backend import choose_backend, dispatch, register
 from rela_fast.ops.transfer_loss import reference
+from rela_fast.ops.transfer_loss.checks import check_inputs
 from rela_fast.ops.transfer_loss.fused import fused_transfer_loss
 
 register(
@@ -27,41 +28,6 @@ register(
     triton="rela_fast.ops.transfer_loss.triton_kernels:transfer_loss",
     cpp="rela_fast.ops.transfer_loss.cpp:transfer_loss",
 )
-
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def _check(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> None:
-    if h.dim() != 2:
-        raise UserError(f"h: expected (V*B, F) features, got shape {tuple(h.shape)}; flatten the views into rows")
-    if weight.dim() != 2 or weight.shape[1] != h.shape[1]:
-        raise UserError(f"weight: expected (D, {h.shape[1]}) to match h's feature width, got {tuple(weight.shape)}")
-    dim = weight.shape[0]
-    if bias is not None and tuple(bias.shape) != (dim,):
-        raise UserError(f"bias: expected shape ({dim},) or None, got {tuple(bias.shape)}")
-    if targets.dim() != 2 or targets.shape[1] != dim or targets.shape[0] == 0:
-        raise UserError(f"targets: expected (B, {dim}) with B >= 1, got {tuple(targets.shape)}")
-    if h.shape[0] == 0 or h.shape[0] % targets.shape[0] != 0:
-        raise UserError(
-            f"h: {h.shape[0]} rows is not a positive multiple of the {targets.shape[0]} targets; "
-            "pass V views of every sample as rows v*B + i"
-        )
-    for name, t in (("h", h), ("weight", weight), ("bias", bias), ("targets", targets)):
-        if t is not None and t.dtype not in _FLOATS:
-            raise UserError(f"{name}: dtype {t.dtype} is not supported; use float32, bfloat16 or float16")
-    dtypes = [str(t.dtype).removeprefix("torch.") for t in (h, weight, bias) if t is not None]
-    if len(set(dtypes)) > 1 and not _autocast(h.device.type):
-        raise UserError(
-            f"h, weight, bias: dtypes {', '.join(dtypes)} differ; cast them to one dtype or run under torch.autocast"
-        )
-
-
-def _autocast(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # a device type autocast does not know (meta, ...)
-        return False
-
 
 def transfer_loss(
     h: torch.Tensor,
@@ -78,6 +44,7 @@ def transfer_loss(
         h: (V*B, F) features, row ``v*B + i`` = view ``v`` of sample ``i`` (V >= 1); any strides.
         weight: (D, F) transfer-head weight. bias: (D,) or None.
         targets: (B, D), one per sample, shared by its V views; constants (no gradient flows to them).
+            All tensors must be on one device (else a UserError: nothing is moved behind your back).
         sample_weights: optional (B,) constants; the loss becomes ``mean_i(w_i * per_sample_i)``
             (InfoBatch-style re-weighting) at no extra cost; ``per_sample`` stays unweighted.
         backend: "reference", "cpp" or "triton" to override the choice by device and RELA_FAST_BACKEND.
@@ -92,9 +59,7 @@ def transfer_loss(
     float16), as ``F.cosine_similarity`` does: a zero prediction or target gives loss 1 and finite
     gradients (details in ``reference.py``). Under ``torch.compile`` the backend is chosen when tracing.
     """
-    _check(h, weight, bias, targets)
-    if sample_weights is not None and tuple(sample_weights.shape) != (targets.shape[0],):
-        raise UserError(f"sample_weights: expected shape ({targets.shape[0]},), got {tuple(sample_weights.shape)}")
+    check_inputs(h, weight, bias, targets, sample_weights)
     if torch.compiler.is_compiling():
         # dispatch imports modules, which dynamo cannot trace: pick the backend once, at trace time
         name = _backend_when_compiling(str(h.device), backend)

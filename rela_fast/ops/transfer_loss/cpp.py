@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from rela_fast.errors import UserError
 from rela_fast.ops.cpp_buffers import buffer, dtype_code
+from rela_fast.ops.transfer_loss.checks import check_rows
 from rela_fast.ops.transfer_loss.fused import fused_transfer_loss
 from rela_fast.ops.transfer_loss.reference import accumulation_dtype, eps_for
 
@@ -22,6 +24,7 @@ def rows(
     """
     from rela_fast import _C
 
+    check_rows(pred, targets, out)
     pred = pred.contiguous()
     targets = targets.contiguous()
     n_rows, dim = pred.shape
@@ -42,6 +45,8 @@ def scale_rows_(grad: torch.Tensor, scale: torch.Tensor, colsum: bool) -> torch.
     from rela_fast import _C
 
     n_rows, dim = grad.shape
+    if tuple(scale.shape) != (n_rows,) or scale.device != grad.device:
+        raise UserError(f"scale: expected ({n_rows},) on {grad.device}, got {tuple(scale.shape)} on {scale.device}")
     acc = accumulation_dtype(grad.dtype)
     scale = scale.to(acc).contiguous()
     sums = torch.empty(dim, dtype=acc) if colsum else None

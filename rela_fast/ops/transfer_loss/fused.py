@@ -113,6 +113,9 @@ def fused_transfer_loss(
     ``sample_weights`` (B,) weight each sample's rows in the mean; the backward's per-row scaling of the
     saved gradient carries them, so a weighted loss costs nothing more than the plain one.
     """
+    from rela_fast.ops.transfer_loss.checks import check_inputs
+
+    check_inputs(h, weight, bias, targets, sample_weights)
     device = h.device.type
     if torch.is_autocast_enabled(device):  # what autocast does to F.linear (the op itself is not autocast-aware)
         dtype = torch.get_autocast_dtype(device)

@@ -45,6 +45,9 @@ def transfer_loss(
 
     With ``sample_weights`` (B,) the loss is ``mean_i(w_i * per_sample_i)`` (constants; per_sample unweighted).
     """
+    from rela_fast.ops.transfer_loss.checks import check_inputs
+
+    check_inputs(h, weight, bias, targets, sample_weights)
     pred = F.linear(h, weight, bias)
     acc = accumulation_dtype(pred.dtype)
     eps = eps_for(pred.dtype)

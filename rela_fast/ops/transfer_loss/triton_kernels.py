@@ -105,6 +105,9 @@ def rows(
     The gradient goes to ``out`` (``pred``'s shape and dtype, unit stride along D; may be ``pred``
     itself: each element is read before it is overwritten) or to a new tensor.
     """
+    from rela_fast.ops.transfer_loss.checks import check_rows
+
+    check_rows(pred, targets, out)
     if pred.stride(-1) != 1:
         pred = pred.contiguous()
     if targets.stride(-1) != 1:
