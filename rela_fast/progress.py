@@ -12,7 +12,10 @@ class LineProgress:
     """tqdm's small interface (``update``, ``set_postfix``, ``close``) printing one line per ``every`` seconds."""
 
     def __init__(self, total: int | None, desc: str = "", unit: str = "it", initial: int = 0,
-                 every: float = 10.0, file: TextIO | None = None) -> None:
+                 every: float = 10.0, file: TextIO | None = None, iterable: Any = None) -> None:
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.every, self.file = every, file or sys.stderr
         self.t0 = self.last = time.monotonic()
@@ -41,14 +44,39 @@ class LineProgress:
               file=self.file, flush=True)
 
     def close(self) -> None:
-        self._line(time.monotonic())
+        if self.n > self.n0:
+            self._line(time.monotonic())
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-def progress_bar(total: int | None, desc: str = "", unit: str = "it", initial: int = 0, file: TextIO | None = None):
-    """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`LineProgress` (a line every 10 s)."""
+class NoProgress(LineProgress):
+    """Progress turned off: the same interface, nothing printed."""
+
+    def _line(self, now: float) -> None:
+        pass
+
+
+def progress_bar(total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
+                 file: TextIO | None = None, *, iterable: Any = None, enabled: bool = True, every: float = 10.0):
+    """A tqdm bar when ``file`` (default stderr) is a terminal, else a :class:`LineProgress` (a line every
+    ``every`` seconds); :class:`NoProgress` when not ``enabled``. Wraps ``iterable`` when given."""
     file = file or sys.stderr
+    if not enabled:
+        return NoProgress(total, desc, unit, initial, file=file, iterable=iterable)
     if hasattr(file, "isatty") and file.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc or None, unit=unit, initial=initial, dynamic_ncols=True, file=file)
-    return LineProgress(total, desc, unit, initial, file=file)
+        return tqdm(iterable, total=total, desc=desc or None, unit=unit, initial=initial, dynamic_ncols=True,
+                    file=file)
+    return LineProgress(total, desc, unit, initial, every=every, file=file, iterable=iterable)

@@ -155,7 +155,7 @@ class ShardEncoder:
         return encoder
 
     def run(self, mine: list[Shard], merge: OrderedMerge | None, finished: set[int], progress: bool, desc: str) -> int:
-        from tqdm.auto import tqdm
+        from rela_fast.progress import progress_bar
 
         shards = ShardAssembler(self.inputs, self.plan, mine, self.rank, merge, finished)
         encoder = self.build()
@@ -164,7 +164,7 @@ class ShardEncoder:
         bsz = self.settings.batch_size
         batches = iter(self.inputs.decoder.iterate(self.inputs.source, indices, bsz, on_error="skip"))
         processed = 0
-        with tqdm(total=len(indices), unit="img", disable=not progress, dynamic_ncols=True, desc=desc) as bar:
+        with progress_bar(len(indices), desc, unit="img", enabled=progress) as bar:
             while True:
                 t0 = time.perf_counter()
                 batch = next(batches, None)

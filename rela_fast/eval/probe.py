@@ -79,9 +79,9 @@ def extract_features(backbone: nn.Module, data: Any, *, image_size: int | None =
     feats, labels = [], []
     it = loader
     if progress:
-        from tqdm.auto import tqdm
+        from rela_fast.progress import progress_bar
 
-        it = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True)
+        it = progress_bar(desc=desc, unit="batch", iterable=loader)
     try:
         for x, y in it:
             x = x.to(dev, non_blocking=True)
@@ -128,9 +128,9 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
     t0 = time.perf_counter()
     rng = range(epochs)
     if progress:
-        from tqdm.auto import tqdm
+        from rela_fast.progress import progress_bar
 
-        rng = tqdm(rng, desc="probe", unit="epoch", dynamic_ncols=True)
+        rng = progress_bar(desc="probe", unit="epoch", iterable=rng)
     for _ in rng:
         perm = torch.randperm(n, generator=gen).to(dev)
         correct = 0
