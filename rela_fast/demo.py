@@ -165,13 +165,14 @@ class Prober:
 # ----------------------------------------------------------------------------------------------------
 # priors and conversion
 # ----------------------------------------------------------------------------------------------------
-def student_backbone(arch: str, image_size: int, seed: int) -> nn.Module:
+def student_backbone(arch: str, image_size: int, seed: int, with_config: bool = False):
+    """The student's architecture, initialised from ``seed`` (and its config, so a run can rebuild it)."""
     from rela_fast.train import create_backbone
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, _, _ = create_backbone(arch, image_size)
-    return model
+        model, _, config = create_backbone(arch, image_size)
+    return (model, config) if with_config else model
 
 
 def convert_with(data: DemoData, out: Path, prior: str | nn.Module, size: int, dim: int,
@@ -214,6 +215,8 @@ class RunSpec:
     seed: int = 0
     handover: str = "constant"
     lambda_const: float = 0.5
+    soft_steps: int = 0
+    method: str = "byol"
 
 
 @dataclass
@@ -238,17 +241,19 @@ def make_trainer(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, call
                  out: Path | None = None, views: str = "auto") -> ReLATrainer:
     """The public trainer for one run, configured exactly as a user would."""
     kw: dict[str, Any] = {}
-    kw: dict[str, Any] = {"rows": data.ssl_rows}  # every run trains on the same images
+    kw: dict[str, Any] = {"rows": data.ssl_rows, "soft_steps": spec.soft_steps}  # every run: the same images
     if spec.rela:
         kw["handover"] = spec.handover
         if spec.handover == "constant":
             kw["lambda_const"] = spec.lambda_const
+    backbone, config = student_backbone(setup.arch, setup.image_size, spec.seed, with_config=True)
     return ReLATrainer(
-        student_backbone(setup.arch, setup.image_size, spec.seed), "byol", targets if spec.rela else None,
+        backbone, spec.method, targets if spec.rela else None, backbone_config=config,
         budget=spec.budget, epochs=setup.epochs, subset_policy=spec.policy, recipe=setup.recipe,
         batch_size=setup.batch_size, lr=setup.lr, optimizer=setup.optimizer, weight_decay=setup.weight_decay,
         image_size=setup.image_size, seed=spec.seed, device=setup.device, amp=setup.amp, views=views,
-        method_kwargs=dict(setup.method_kwargs), out=out, log_every=10, callbacks=callbacks, **kw,
+        method_kwargs=dict(setup.method_kwargs) if spec.method == "byol" else {}, out=out, log_every=10,
+        callbacks=callbacks, **kw,
     )
 
 
