@@ -255,7 +255,8 @@ def summarise(exp: Experiment) -> dict:
             row["variant"] = variant
         out_rows.append(row)
     a = exp.args
-    return {"dataset": "fashion-mnist", "train_images": a.train_images, "untrained_seeds": len(un), "probe": {"train": a.probe_train, "test": 10000},
+    return {"dataset": "fashion-mnist", "train_images": a.train_images, "untrained_seeds": len(un),
+            "probe": {"train": a.probe_train, "test": 10000},
             "student": a.arch, "epochs": a.epochs, "batch_size": a.batch_size, "baselines": base, "rows": out_rows,
             "conversions": {r["prior"]: {k: r[k] for k in ("seconds", "size", "dim")} for r in by("conversion")},
             "curves": {r["key"]: r["curve"] for r in by("byol") + by("rela") if r["seed"] == 0},
