@@ -33,12 +33,14 @@ import sys, time, torch
 torch.set_num_threads(1)
 from rela_fast.train import Callback, ReLATrainer
 warm, steps, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+extra = eval(sys.argv[5]) if len(sys.argv) > 5 else {}
 class Clock(Callback):
     def on_step_end(self, trainer, state):
         if state.step == warm: self.t = time.perf_counter()
         if state.step == warm + steps: print("RESULT", steps / (time.perf_counter() - self.t))
 t = ReLATrainer("convnet-16", "byol", None, epochs=1, batch_size=batch, lr=2e-3, weight_decay=1e-4, device="cpu",
-                max_steps=warm + steps, method_kwargs={"hidden_dim": 512, "proj_dim": 128}, callbacks=[Clock()])
+                max_steps=warm + steps, method_kwargs={"hidden_dim": 512, "proj_dim": 128}, callbacks=[Clock()],
+                **extra)
 print("VIEWS", t.views_arg)
 t.fit(sys.argv[4])
 print("PIPELINE", type(t.views).__name__)
@@ -101,9 +103,10 @@ for v1, v2 in loader:
 """
 
 
-def run_variant(name: str, code: str, tree: Path, args) -> float:
+def run_variant(name: str, code: str, tree: Path, args, extra: str = "{}") -> float:
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, str(args.warmup), str(args.steps), str(args.batch), args.data],
+    out = subprocess.run([sys.executable, "-c", code, str(args.warmup), str(args.steps), str(args.batch), args.data,
+                          extra],
                          env=env, cwd=tree, capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
     if out.returncode != 0 or not lines:
@@ -123,15 +126,22 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--out", type=Path)
+    p.add_argument("--layouts", action="store_true", help="also channels_last and torch.compile variants")
+    p.add_argument("--only", default="", help="comma list of variants to run")
     args = p.parse_args(argv)
     here = Path(__file__).resolve().parents[1]
-    variants = {"public": (_PUBLIC, here), "plain": (_PLAIN, here)}
+    variants = {"public": (_PUBLIC, here, "{}"), "plain": (_PLAIN, here, "{}")}
     if args.baseline_tree:
-        variants["fasttrainer"] = (_FAST, args.baseline_tree.resolve())
+        variants["fasttrainer"] = (_FAST, args.baseline_tree.resolve(), "{}")
+    if args.layouts:  # the CPU training step's memory format and compilation, same run otherwise
+        variants["public_channels_last"] = (_PUBLIC, here, "{'channels_last': True}")
+        variants["public_compile"] = (_PUBLIC, here, "{'compile': True}")
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     rates: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(args.rounds):
-        for name, (code, tree) in variants.items():
-            rates[name].append(run_variant(name, code, tree, args))
+        for name, (code, tree, extra) in variants.items():
+            rates[name].append(run_variant(name, code, tree, args, extra))
             print(f"round {r}: {name} {rates[name][-1]:.2f} steps/s", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratios = {f"public/{k}": med["public"] / med[k] for k in med if k != "public"}

@@ -156,6 +156,8 @@ class ReLATrainer:
         soft_steps: > 0 blends the two losses linearly over that many steps after the switch (opt-in).
         amp: None/"off", "bf16", "fp16" or "auto" (bf16 on CUDA when supported, else fp16; off on CPU).
         compile: True compiles the backbone with ``torch.compile`` (inductor); a string names the backend.
+        channels_last: backbone and views in the channels-last memory format (measured in
+            ``benchmarks/bench_train_e2e.py``).
         views: ``"auto"``, ``"tensor"``, ``"torch"``, ``"dali"`` or your own ViewPipeline (``loader`` is
             the same argument's former name).
         callbacks: :class:`~rela_fast.train.callbacks.Callback` objects called during ``fit``.
@@ -194,6 +196,7 @@ class ReLATrainer:
         accumulate: int = 1,
         amp: str | None = None,
         compile: bool | str = False,
+        channels_last: bool = False,
         device: str | torch.device | None = None,
         num_workers: int = 0,
         views: str | ViewPipeline = "auto",
@@ -236,6 +239,7 @@ class ReLATrainer:
         self.image_size, self.accumulate = image_size, int(accumulate)
         self.amp = None if amp == "off" else amp
         self.compile, self.device_arg, self.num_workers = compile, device, int(num_workers)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.views_arg, self.callbacks, self.rows_arg = views, CallbackList(callbacks), rows
         self.seed, self.out = int(seed), Path(out) if out is not None else None
         self.checkpoint_every, self.log_every, self.max_steps = checkpoint_every, max(1, int(log_every)), max_steps
@@ -309,7 +313,7 @@ class ReLATrainer:
             backbone, _, self.backbone_config = create_backbone(backbone, self.image_size)
         if self.sync_bn and self.world > 1:
             backbone = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
-        backbone = backbone.to(self.device)
+        backbone = backbone.to(self.device, memory_format=self.memory_format)
         self.backbone_module = backbone
         self.feature_dim = feature_dim(backbone, self.image_size)
         self.num_classes = int(self.labels.max()) + 1 if self.labels is not None else None
@@ -541,6 +545,8 @@ class ReLATrainer:
     def _micro_step(self, batch, weights: torch.Tensor | None, acc: _Accum) -> None:
         """Forward + backward of one micro-batch (gradients accumulate; DDP syncs on the last one)."""
         v1, v2, idx, labels = batch
+        if self.memory_format is torch.channels_last:
+            v1, v2 = v1.contiguous(memory_format=self.memory_format), v2.contiguous(memory_format=self.memory_format)
         lam = acc.lam = self.handover.rela_weight
         labels = labels if self.labels is not None else None
         y = self.targets_t[idx.to(self.targets_t.device)].to(self.device, non_blocking=True) if lam > 0 else None
