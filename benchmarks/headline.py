@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rela_fast import demo as D  # noqa: E402
+from rela_fast.train import Callback  # noqa: E402
 
 BYOL_BUDGETS = (1.0, 0.5, 0.2, 0.1)
 RELA_BUDGETS = (0.5, 0.2, 0.1)
@@ -60,11 +61,23 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--priors", default="random,lite0,byol")
     p.add_argument("--lite-size", type=int, default=32)
     p.add_argument("--recipes", default="default", help="comma list of default, authors")
-    p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %%, e.g. soft:300,constant:0.5")
+    p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %% of the best prior: soft:N "
+                   "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
+                   "restarted at the switch), constant:f (switch after f of the epochs)")
     p.add_argument("--only", default="", help="comma list of row groups: baselines, byol, rela, supervised, variants")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite summary.json, table.md and plot.png")
     return p.parse_args(argv)
+
+
+class RetargetOnHandover(Callback):
+    """Hand-over variant "retarget": restart BYOL's momentum target from the online network at the switch."""
+
+    def on_handover(self, trainer, state):
+        m = trainer.method_module
+        if hasattr(m, "target_backbone"):
+            m.target_backbone.load_state_dict(trainer.backbone_module.state_dict())
+            m.target_projector.load_state_dict(m.projector.state_dict())
 
 
 class Experiment:
@@ -171,15 +184,21 @@ class Experiment:
             return row
         rela = store is not None
         mode, _, arg = variant.partition(":")
-        handover = {"soft": "adaptive", "constant": "constant"}.get(mode, "adaptive")
+        handover = "constant" if mode == "constant" else "adaptive"
+        if mode == "lr":  # the learning rate at the switch: a constant schedule instead of the cosine decay
+            recipe_kw = {"schedule": arg}
+        else:
+            recipe_kw = {}
         spec = D.RunSpec(key, budget, rela, prior=prior, seed=seed, handover=handover,
                          lambda_const=float(arg) if mode == "constant" else 0.5,
-                         soft_steps=int(arg) if mode == "soft" else 0, method=method)
+                         soft_steps=int(arg) if mode == "soft" else 0, floor=float(arg) if mode == "floor" else 0.0,
+                         method=method)
         if run_dir is None and key == self.key("byol", "default", "-", 1.0, 0):
             run_dir = self.out / "work" / "run-byol-100-s0"  # kept: the 'byol' prior loads it as run:DIR
         setup = dataclasses.replace(self.setup, recipe=recipe)
         probe = D.ProbeCallback(self.prober, every=1)
-        trainer = D.make_trainer(spec, setup, self.data, store, [probe], out=run_dir)
+        callbacks = [probe] + ([RetargetOnHandover()] if mode == "retarget" else [])
+        trainer = D.make_trainer(spec, setup, self.data, store, callbacks, out=run_dir, **recipe_kw)
         res = trainer.fit(self.data.train, resume=False)
         curve = [{**p, "wall_s": p["train_s"] + conv_s} for p in probe.curve]
         return self.record(key, {

@@ -30,7 +30,7 @@ from torch import nn
 
 from rela_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 from rela_fast.errors import UserError
-from rela_fast.train import ProbeCallback, ReLATrainer
+from rela_fast.train import HandOver, ProbeCallback, ReLATrainer
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist"
@@ -216,6 +216,7 @@ class RunSpec:
     handover: str = "constant"
     lambda_const: float = 0.5
     soft_steps: int = 0
+    floor: float = 0.0
     method: str = "byol"
 
 
@@ -238,14 +239,13 @@ class Setup:
 
 
 def make_trainer(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, callbacks: list,
-                 out: Path | None = None, views: str = "auto") -> ReLATrainer:
+                 out: Path | None = None, views: str = "auto", **options: Any) -> ReLATrainer:
     """The public trainer for one run, configured exactly as a user would."""
     kw: dict[str, Any] = {}
-    kw: dict[str, Any] = {"rows": data.ssl_rows, "soft_steps": spec.soft_steps}  # every run: the same images
+    kw: dict[str, Any] = {"rows": data.ssl_rows}  # every run trains on the same images
     if spec.rela:
-        kw["handover"] = spec.handover
-        if spec.handover == "constant":
-            kw["lambda_const"] = spec.lambda_const
+        kw["handover"] = HandOver(spec.handover, epochs=setup.epochs, soft_steps=spec.soft_steps, floor=spec.floor,
+                                  lambda_const=spec.lambda_const if spec.handover == "constant" else None)
     backbone, config = student_backbone(setup.arch, setup.image_size, spec.seed, with_config=True)
     return ReLATrainer(
         backbone, spec.method, targets if spec.rela else None, backbone_config=config,
@@ -253,7 +253,7 @@ def make_trainer(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, call
         batch_size=setup.batch_size, lr=setup.lr, optimizer=setup.optimizer, weight_decay=setup.weight_decay,
         image_size=setup.image_size, seed=spec.seed, device=setup.device, amp=setup.amp, views=views,
         method_kwargs=dict(setup.method_kwargs) if spec.method == "byol" else {}, out=out, log_every=10,
-        callbacks=callbacks, **kw,
+        callbacks=callbacks, **kw, **options,
     )
 
 

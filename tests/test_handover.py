@@ -147,3 +147,22 @@ def test_state_dict_round_trip_continues_identically():
     assert a.state_dict() == b.state_dict()
     with pytest.raises(UserError):
         HandOver("constant", epochs=3, lambda_const=0.5).load_state_dict(a.state_dict())
+
+
+def test_floor_keeps_a_small_rela_term_after_the_switch():
+    h = HandOver("constant", epochs=4, lambda_const=0.5, floor=0.1)
+    assert h.start_epoch(0) == 1 and h.rela_weight == 1.0
+    h.start_epoch(2)
+    assert h.phase == 2 and h.rela_weight == pytest.approx(0.1)
+    soft = HandOver("constant", epochs=4, lambda_const=0.5, soft_steps=3, floor=0.3)
+    soft.start_epoch(2)
+    weights = []
+    for _ in range(5):
+        weights.append(soft.rela_weight)
+        soft.update(None)
+    assert weights == pytest.approx([0.75, 0.5, 0.3, 0.3, 0.3])
+    with pytest.raises(UserError):
+        HandOver(floor=1.0)
+    restored = HandOver("constant", epochs=4, lambda_const=0.5)
+    restored.load_state_dict(h.state_dict())
+    assert restored.rela_weight == pytest.approx(0.1)

@@ -9,7 +9,8 @@ training switches, permanently, to phase 2. Constant mode: phase 1 for the epoch
 
 Opt-in soft schedule (``soft_steps > 0``): the paper's ``L = lam L_ReLA + (1 - lam) L_method``. ``lam`` is 1
 in phase 1; the k-th step after the switch uses ``lam = 1 - k / (soft_steps + 1)`` (k = 1 .. soft_steps), then 0,
-instead of jumping from 1 to 0. Blended steps use the method's augmentation.
+instead of jumping from 1 to 0. Blended steps use the method's augmentation. Opt-in ``floor``: ``lam`` never
+falls below it after the switch (a small ReLA term kept for the rest of training).
 :attr:`rela_weight` is that ``lam``; the trainer computes the ReLA loss while it is above 0.
 
 What the rule watches: the plain ReLA loss, never a re-weighted one. Subset policies with loss weights
@@ -65,6 +66,7 @@ class HandOver:
         fast_momentum: float = 0.999,
         slow_momentum: float = 0.99,
         soft_steps: int = 0,
+        floor: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"handover mode {mode!r}: unknown; use one of {', '.join(MODES)}")
@@ -75,6 +77,8 @@ class HandOver:
                 raise UserError(f"lambda_const={lambda_const}: must lie in [0, 1]")
         if soft_steps < 0:
             raise UserError(f"soft_steps={soft_steps}: must be >= 0")
+        if not 0.0 <= floor < 1.0:
+            raise UserError(f"floor={floor}: the ReLA weight kept after the switch must lie in [0, 1)")
         self.mode = mode
         self.epochs = epochs
         self.lambda_const = lambda_const
@@ -82,6 +86,7 @@ class HandOver:
         self.fast_momentum = float(fast_momentum)
         self.slow_momentum = float(slow_momentum)
         self.soft_steps = int(soft_steps)
+        self.floor = float(floor)  # opt-in: keep floor x the ReLA loss after the switch (0 = the reference)
         self.fast = float(fast_init)
         self.slow = float(slow_init)
         self.rho = math.exp(-max(self.slow - self.fast, 0.0))
@@ -130,10 +135,12 @@ class HandOver:
         """``lam``: the weight of the ReLA loss in the total (1 in phase 1, then 0, or a linear ramp)."""
         if self.phase == 1:
             return 1.0
-        if self.soft_steps == 0 or self.mode == "off":
+        if self.mode == "off":
             return 0.0
+        if self.soft_steps == 0:
+            return self.floor
         k = self.step - (self.switch_step or 0) + 1  # the coming step is the k-th after the switch
-        return max(0.0, 1.0 - k / (self.soft_steps + 1))
+        return max(self.floor, 1.0 - k / (self.soft_steps + 1))
 
     # -- persistence ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -146,6 +153,7 @@ class HandOver:
             "fast_momentum": self.fast_momentum,
             "slow_momentum": self.slow_momentum,
             "soft_steps": self.soft_steps,
+            "floor": self.floor,
             "fast": self.fast,
             "slow": self.slow,
             "rho": self.rho,
