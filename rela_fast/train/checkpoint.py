@@ -73,11 +73,12 @@ def tmp_path(path: str | os.PathLike) -> Path:
 def remove_stale_tmp(path: str | os.PathLike) -> bool:
     """Delete ``path``'s temporary file left by a run that was killed while saving; True if there was one.
 
-    Call it only while holding the run's lock (no other process can be writing it then). Only a regular
-    file with exactly that name is removed: it is rela_fast's own, never the user's.
+    Call it only while holding the run's lock (no other process can be writing it then). Only a file or a
+    symlink with exactly that name is removed (a symlink's target is never touched, and the next save
+    cannot write through it); a folder of that name is left alone.
     """
     tmp = tmp_path(path)
-    if tmp.is_symlink() or not tmp.is_file():
+    if not tmp.is_symlink() and not tmp.is_file():
         return False
     tmp.unlink()
     return True
