@@ -79,6 +79,14 @@ def test_bad_train_arguments_are_one_line(capsys, tmp_path, idx_dir, args, words
     assert not out.exists()
 
 
+def test_a_device_this_machine_lacks_is_one_line(capsys, tmp_path, idx_dir):
+    import torch
+
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    _refused(capsys, [*_train(idx_dir, tmp_path / "run"), "--device", missing], "--device", missing)
+    _refused(capsys, ["eval", str(tmp_path), "--data", str(idx_dir), "--device", missing], "--device")
+
+
 @pytest.mark.parametrize("item, words", [
     ("hidden_dim", ["--method-arg", "KEY=VALUE"]),
     ("=3", ["--method-arg", "KEY=VALUE"]),

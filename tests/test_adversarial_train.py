@@ -217,6 +217,19 @@ def test_transfer_loss_refuses_tensors_on_another_device(backend, where):
     _one_line(info.value)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_transfer_loss_refuses_cpu_targets_next_to_cuda_features(backend):
+    from rela_fast.ops.transfer_loss import transfer_loss
+    from rela_fast.ops.transfer_loss.triton_kernels import rows
+
+    h, w, b = torch.randn(8, 5, device="cuda"), torch.randn(3, 5, device="cuda"), torch.randn(3, device="cuda")
+    with pytest.raises(UserError, match="targets on cpu"):
+        transfer_loss(h, w, b, torch.randn(4, 3), backend=backend)
+    with pytest.raises(UserError, match="targets on cpu"):
+        rows(torch.randn(8, 3, device="cuda"), torch.randn(4, 3))
+
+
 def test_transfer_loss_backend_entry_points_check_their_inputs():
     from rela_fast.ops.transfer_loss import cpp, reference
     from rela_fast.ops.transfer_loss.fused import fused_transfer_loss
