@@ -73,11 +73,12 @@ def tmp_path(path: str | os.PathLike) -> Path:
 def remove_stale_tmp(path: str | os.PathLike) -> bool:
     """Delete ``path``'s temporary file left by a run that was killed while saving; True if there was one.
 
-    Call it only while holding the run's lock (no other process can be writing it then). Only a regular
-    file with exactly that name is removed: it is rela_fast's own, never the user's.
+    Call it only while holding the run's lock (no other process can be writing it then). Only a file or a
+    symlink with exactly that name is removed (a symlink's target is never touched, and the next save
+    cannot write through it); a folder of that name is left alone.
     """
     tmp = tmp_path(path)
-    if tmp.is_symlink() or not tmp.is_file():
+    if not tmp.is_symlink() and not tmp.is_file():
         return False
     tmp.unlink()
     return True
@@ -138,14 +139,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickled objects (refused), a truncated or corrupt file, not a torch file
-        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
-            raise UserError(f"checkpoint {path}: cannot be loaded, it holds objects other than tensors and plain "
-                            "values, which are never loaded (they could run code); not written by rela_fast") from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
-        raise UserError(f"checkpoint {path}: cannot be loaded, damaged or not a checkpoint ({first})") from None
+        raise UserError(f"checkpoint {path}: cannot be loaded, {_load_failure(exc)}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path}: holds a {type(state).__name__}, not a rela_fast checkpoint")
     return state
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words, without torch's advice to load the file unsafely."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        return ("it holds objects other than tensors and plain values, which are never loaded (they could run "
+                "code); it was not written by rela_fast")
+    detail = text.partition("WeightsUnpickler error:")[2] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0][:160] if lines else type(exc).__name__
+    return f"damaged or not a checkpoint ({reason})"
 
 
 def check_backbone_config(arch: Any, path: Path | str) -> dict[str, Any]:
