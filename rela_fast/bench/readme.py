@@ -4,7 +4,8 @@ Every figure carries its command and the machine it ran on:
 
 * Performance: each results file in ``benchmarks/results/*.json``, one ratio table per file, with the
   file's command, date and machine.
-* Results: each headline experiment folder (``benchmarks/results/headline*/`` holding ``results.json``):
+* Results: each headline experiment folder (``benchmarks/results/headline*/`` holding ``summary.json``, or
+  the older ``results.json``):
   its ``table.md`` (mean +- std over seeds, plus the claim checks), its plot and its ``commands.txt``.
 
 Paths in the text are relative to ``base`` (the README's folder when splicing), so links and images resolve.
@@ -48,7 +49,8 @@ def performance_section(results_dir: Path, base: Path | None = None) -> str:
 def results_section(results_dir: Path, base: Path | None = None) -> str:
     """The README "Results" section: each headline experiment's table, claim checks, plot and command."""
     lines = ["## Results", ""]
-    dirs = sorted(p for p in Path(results_dir).glob("headline*") if (p / "results.json").is_file())
+    dirs = sorted(p for p in Path(results_dir).glob("headline*")
+                  if (p / "summary.json").is_file() or (p / "results.json").is_file())
     if not dirs:
         lines.append("No headline results committed yet (`python benchmarks/headline.py` writes them).")
         return "\n".join(lines) + "\n"
@@ -58,7 +60,7 @@ def results_section(results_dir: Path, base: Path | None = None) -> str:
         if table.is_file():
             lines.append(table.read_text().strip())
         else:
-            lines.append(f"(`{_rel(d, base)}/results.json` has runs but no table yet: "
+            lines.append(f"(`{_rel(d, base)}` has runs but no table yet: "
                          f"`python benchmarks/headline.py --report --out {_rel(d, base)}`)")
         lines.append("")
         if (d / "plot.png").is_file():
