@@ -64,7 +64,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %% of the best prior: soft:N "
                    "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
                    "restarted at the switch), constant:f (switch after f of the epochs)")
-    p.add_argument("--only", default="", help="comma list of row groups: baselines, byol, rela, supervised, variants")
+    p.add_argument("--only", default="",
+                   help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite summary.json, table.md and plot.png")
     return p.parse_args(argv)
@@ -173,13 +174,15 @@ class Experiment:
 
     # -- training runs --------------------------------------------------------------------------
     @staticmethod
-    def key(method: str, recipe: str, prior: str, budget: float, seed: int, variant: str = "") -> str:
+    def key(method: str, recipe: str, prior: str, budget: float, seed: int, variant: str = "",
+            policy: str = "random") -> str:
         v = f"-{variant.replace(':', '')}" if variant else ""
-        return f"{method}-{recipe}-{prior}-b{round(100 * budget)}-s{seed}{v}"
+        p = "" if policy == "random" else f"-{policy}"
+        return f"{method}-{recipe}-{prior}-b{round(100 * budget)}-s{seed}{v}{p}"
 
     def train(self, method: str, recipe: str, store, prior: str, budget: float, seed: int, conv_s: float = 0.0,
-              variant: str = "", run_dir: Path | None = None) -> dict:
-        key = self.key(method, recipe, prior, budget, seed, variant)
+              variant: str = "", run_dir: Path | None = None, policy: str = "random") -> dict:
+        key = self.key(method, recipe, prior, budget, seed, variant, policy)
         if (row := self.done(key)) is not None:
             return row
         rela = store is not None
@@ -192,7 +195,7 @@ class Experiment:
         spec = D.RunSpec(key, budget, rela, prior=prior, seed=seed, handover=handover,
                          lambda_const=float(arg) if mode == "constant" else 0.5,
                          soft_steps=int(arg) if mode == "soft" else 0, floor=float(arg) if mode == "floor" else 0.0,
-                         method=method)
+                         method=method, policy=policy)
         if run_dir is None and key == self.key("byol", "default", "-", 1.0, 0):
             run_dir = self.out / "work" / "run-byol-100-s0"  # kept: the 'byol' prior loads it as run:DIR
         setup = dataclasses.replace(self.setup, recipe=recipe)
@@ -204,7 +207,8 @@ class Experiment:
         return self.record(key, {
             "row": method if not rela else "rela", "method": "byol" if method != "supervised" else method,
             "rela": rela, "prior": prior if rela else None, "recipe": recipe, "budget": budget, "seed": seed,
-            "variant": variant or None, "acc": probe.final, "steps": res.steps, "train_s": res.wall_time,
+            "variant": variant or None, "policy": policy, "acc": probe.final, "steps": res.steps,
+            "train_s": res.wall_time,
             "conversion_s": conv_s, "wall_s": res.wall_time + conv_s, "handover_step": res.switch_step,
             "curve": curve})
 
@@ -229,6 +233,10 @@ class Experiment:
                                 self.train("byol", recipe, store, prior, b, seed, conv_s)
             if seed == 0 and want("supervised"):
                 self.train("supervised", "default", None, "-", 1.0, 0)
+            if want("infobatch"):  # InfoBatch as published vs random (ISSUE "Score-based subsets"), every seed
+                store, conv_s = self.conversion(self.best_prior())
+                self.train("byol", "default", None, "-", 1.0, seed, policy="infobatch")
+                self.train("byol", "default", store, self.best_prior(), 1.0, seed, conv_s, policy="infobatch")
             if seed == 0 and want("variants"):
                 for var in [v for v in a.variants.split(",") if v]:
                     store, conv_s = self.conversion(self.best_prior())
@@ -260,7 +268,9 @@ def summarise(exp: Experiment) -> dict:
             "supervised": _mean([r["acc"] for r in by("supervised")])}
     groups: dict[tuple, list[dict]] = {}
     for r in by("byol") + by("rela"):
-        groups.setdefault((r["rela"], r["prior"], r["recipe"], r["budget"], r.get("variant")), []).append(r)
+        policy = r.get("policy", "random")
+        var = "/".join(x for x in (r.get("variant"), None if policy == "random" else policy) if x)
+        groups.setdefault((r["rela"], r["prior"], r["recipe"], r["budget"], var or None), []).append(r)
     ref = groups.get((False, None, "default", 1.0, None), [])
     ref_acc, ref_wall = _mean([r["acc"] for r in ref]), _mean([r["wall_s"] for r in ref])
     out_rows = []

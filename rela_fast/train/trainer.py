@@ -227,9 +227,6 @@ class ReLATrainer:
                        soft_steps=soft_steps, lambda_const=lambda_const, device=device)
         _check_args(budget, epochs, subset_policy, r.batch_size, accumulate, optimizer, views, amp, method,
                     handover, lambda_const)
-        if subset_policy != "random" and targets is None:
-            raise UserError(f"subset_policy={subset_policy!r}: scores come from the per-sample ReLA losses, so it "
-                            "needs targets; without targets use 'random'")
         self.recipe = r
         self.backbone, self.method, self.targets = backbone, method, targets
         self.budget, self.epochs, self.policy = float(budget), int(epochs), subset_policy
