@@ -100,6 +100,7 @@ class _Run:
             return decision.store
         if decision.stale:
             log(self.talk, f"{self.settings.out} is stale ({decision.stale}); updating it")
+        log(self.talk, dim_choice(self.settings.dim, self.inputs.dim, self.inputs.feature_dim))
         self._prepare()
         finished = self.plan.finished()
         reused = len(finished)
@@ -159,6 +160,14 @@ class _Run:
 
 
 # -- collectives (no-ops in one process) ---------------------------------------------------------------
+def dim_choice(asked: int | None, dim: int, width: int) -> str:
+    """The line that says which target width d this conversion uses, and why."""
+    if asked is not None:
+        return f"d = {dim} (--dim; the prior's feature width is P = {width})"
+    return (f"d = {dim}: the prior's feature width P (no --dim); ALGORITHM.md uses d = min(F, P) for a student of "
+            f"width F, and `rela-fast train` keeps the first F columns of a wider store")
+
+
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist

@@ -19,6 +19,7 @@ resumed run sees the same views as an uninterrupted one (DALI excepted: it draws
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -132,7 +133,9 @@ def images_in_memory(source: Any, rows: Sequence[int] | None = None,
     if array is not None:
         if array.nbytes > memory_cap:
             return None
-        t = torch.from_numpy(np.ascontiguousarray(array))
+        with warnings.catch_warnings():  # a read-only (memory-mapped) array: the views only ever read it
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(np.ascontiguousarray(array))
         t = t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
         return t.index_select(0, torch.as_tensor(np.asarray(rows), dtype=torch.int64)) if rows is not None else t
     row_of = (lambda j: int(rows[j])) if rows is not None else (lambda j: j)
