@@ -137,8 +137,6 @@ def test_errors(fmnist, store_dir, tmp_path):
             ReLATrainer("convnet-4", "byol", store_dir, budget=bad)
     with pytest.raises(UserError, match="unknown"):
         ReLATrainer("convnet-4", "barlow", store_dir)
-    with pytest.raises(UserError, match="needs targets"):
-        ReLATrainer("convnet-4", "byol", None, subset_policy="topk")
     with pytest.raises(UserError, match="lambda_const"):
         ReLATrainer("convnet-4", "byol", store_dir, handover="constant")
     data = _data(fmnist)
@@ -247,6 +245,14 @@ def test_autocast_and_other_methods(fmnist, store_dir):
                         method_kwargs=kw).fit(data)
         steps = _steps(r)
         assert r.handover["mode"] == "off" and all(s["phase"] == 2 and np.isfinite(s["method_loss"]) for s in steps)
+
+
+def test_score_policies_without_targets_score_by_the_method_loss(fmnist):
+    """No targets: the method's own per-sample losses score the samples (BYOL here), so score policies apply."""
+    trainer = ReLATrainer("convnet-4", "byol", None, budget=0.5, epochs=2, batch_size=20, subset_policy="topk",
+                          method_kwargs=SMALL)
+    trainer.fit(_data(fmnist))
+    assert int(trainer.scores.seen.sum()) == 2 * 120 and torch.isfinite(trainer.scores.score[trainer.scores.seen > 0]).all()
 
 
 def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
