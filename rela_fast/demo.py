@@ -308,17 +308,14 @@ def full_config(cfg: DemoConfig) -> DemoConfig:
     return cfg
 
 
-# The default prior of the CPU demo, chosen by measurement at the demo's own budget: the headline experiment
-# runs this very setup with 3 seeds (benchmarks/results/headline-cpu). ReLA-BYOL probe accuracy with
-# efficientnet_lite0 at 64 px vs random init of the student: 78.71 +- 0.25 vs 77.71 +- 0.55 % at 50 % budget,
-# 74.53 +- 1.00 vs 74.55 +- 0.22 % at 20 %; its conversion of the 6400 images took 28 s (random init: 3 s) on 2
-# shared cores, about 10 % of the demo. So: at least as good, and it fits. Only 64 px was measured (224 px would
-# cost ~12x the conversion time on the CPU).
+# The CPU demo's default prior is random init of the student: the demo converts the whole train split (an
+# ordinary store of the folder), 23.6 s with random init on 2 busy cores, against ~2.5 min with
+# efficientnet_lite0@64. At the old 6400-image budget (benchmarks/results/archive/headline-cpu) lite0 measured
+# 78.71 +- 0.25 vs 77.71 +- 0.55 % (random init) at 50 % budget and 74.53 vs 74.55 % at 20 %: not worth 2 minutes of
+# a 6-minute demo. On a GPU (--full) lite0 is the default.
 AUTO_PRIOR = "efficientnet_lite0@64"
-AUTO_PRIOR_REASON = ("default on a CPU: the demo converts all 60000 train images, which takes ~30 s with random init "
-                     "and ~2.5 min with efficientnet_lite0@64 on 2 cores; at the old 6400-image budget lite0 measured "
-                     "no worse than random init (benchmarks/results/headline-cpu); --prior efficientnet_lite0@64 "
-                     "to use it")
+AUTO_PRIOR_REASON = ("default on a CPU: the whole train split is converted, ~25 s with random init against ~2.5 min "
+                     "with efficientnet_lite0@64 on 2 cores; --prior efficientnet_lite0@64 to use it")
 
 
 def choose_prior(cfg: DemoConfig) -> tuple[str, str]:
