@@ -21,6 +21,7 @@ from rela_fast.conversion.inputs import ConversionInputs
 from rela_fast.conversion.report import Timing
 from rela_fast.conversion.settings import ConvertSettings
 from rela_fast.conversion.shards import OrderedMerge, Shard, ShardPlan, shard_moments
+from rela_fast.encoder.engine import release_free_heap
 from rela_fast.errors import UserError
 
 # Test hook: SIGKILL this process once it has processed at least this many rows (resume tests).
@@ -131,7 +132,9 @@ class ShardAssembler:
             self.merge.offer(shard.index, shard_moments(feats, self.device))
             self.finished.add(shard.index)
             self.merge.advance(self.finished)
-        del self.buffers[shard.index]
+        del self.buffers[shard.index], buf, feats
+        if self.device.type == "cpu":
+            release_free_heap()  # flat memory over long runs (see its docstring)
 
 
 class ShardEncoder:

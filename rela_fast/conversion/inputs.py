@@ -49,6 +49,13 @@ class ConversionInputs:
         return src.full_path(row) if hasattr(src, "full_path") else self.paths[row]
 
 
+def decode_prefetch(device: torch.device) -> int:
+    """Batches decoded ahead. On the CPU decode and encode share the cores, so one batch ahead keeps both
+    busy, and each batch in flight holds its full-size decoded images (~150 MB for 128 ImageNet JPEGs);
+    on CUDA two, so the GPU never waits."""
+    return 1 if device.type == "cpu" else 2
+
+
 def resolve_device(device: str | torch.device | None, world: int) -> torch.device:
     """``cpu`` / ``cuda`` / ``cuda:K`` (default: cuda when available); under torchrun ``cuda:LOCAL_RANK``."""
     if device is None:
@@ -95,7 +102,8 @@ def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, l
             f"--dim {dim}: PCA of {n_src} images has at most {n_src - 1} components; "
             f"use --dim {max(n_src - 1, 1)} or less, or convert more images"
         )
-    decoder = make_decoder(settings.decoder, size=size, device=device, num_threads=settings.num_threads)
+    decoder = make_decoder(settings.decoder, size=size, device=device, num_threads=settings.num_threads,
+                           prefetch=decode_prefetch(device))
     keys = entry_keys(source, settings.key_mode)
     fingerprint = source_fingerprint(source, keys, settings.key_mode)
     return ConversionInputs(source, model, cfg, device, size, dim, decoder, list(source.paths), keys, fingerprint)

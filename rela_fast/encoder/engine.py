@@ -102,6 +102,23 @@ def tune_cpu_allocator(limit: int = 1 << 30) -> bool:
     return _allocator_tuned
 
 
+def release_free_heap() -> bool:
+    """glibc ``malloc_trim(0)``: give the freed pages of every malloc arena back to the OS.
+
+    With :func:`tune_cpu_allocator` in effect freed blocks stay in the heap for reuse; decode threads that
+    allocate and free batch-sized arrays in their own arenas then make the resident size creep up over a
+    long run (measured: ~130 MB over 10,000 ImageNet-sized images). Calling this now and then (the
+    converter: after every shard) keeps it flat; the next allocations are served by fresh pages. Returns
+    whether it ran (glibc only)."""
+    if not sys.platform.startswith("linux") or not _allocator_tuned:
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def tolerance(dtype: torch.dtype) -> float:
     """The self-check's relative tolerance for a compute dtype."""
     return VERIFY_RTOL if dtype == torch.float32 else REDUCED_RTOL
