@@ -108,7 +108,12 @@ def _alive(info: dict[str, Any]) -> bool:
     if info.get("host") != socket.gethostname():
         return True
     pid = info.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
+    return not isinstance(pid, int) or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host may still run (this process: yes; no permission to ask: yes)."""
+    if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rela_fast.conversion.shards import ShardPlan
-from rela_fast.ownership import MARKER, mark, ours, remove_dead_temps, remove_if_ours
+from rela_fast.ownership import MARKER, mark, ours, pid_alive, remove_dead_temps, remove_if_ours
 
 LOCK_TEXT = "rela_fast convert lock\n"
 
@@ -99,7 +99,7 @@ def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, ou
     mark(work, "work")
     for path in work.glob("*.tmp-*"):  # shard writes of killed runs (inside our own folder)
         pid = path.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and pid_alive(int(pid))):
             shutil.rmtree(path, ignore_errors=True)
     by_name = {s.path.name: s for s in plan.shards}
     stale = 0
@@ -125,15 +125,3 @@ def first_kept_failure(plan: ShardPlan) -> tuple[int, str] | None:
         if failures:
             return int(failures[0][0]), str(failures[0][1])
     return None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
