@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rela_fast.errors import UserError
+from rela_fast.paths import output_problem
 from rela_fast.runlock import RUN_MARKER
 
 # A folder that holds one of these was written by a rela_fast run (RUN_MARKER since this version;
 # the others for runs made before it existed), so a new run may resume in it or replace its files.
 RUN_FILES = (RUN_MARKER, "checkpoint.pt", "metrics.jsonl", "summary.json")
 # Paths that are never an output folder: the file-system root and the kernel's virtual file systems.
-FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
 MAX_IMAGE_SIZE = 4096  # training/eval side in pixels; 4096^2 x 3 bytes is already 48 MiB per image
 
 
@@ -103,14 +103,9 @@ def check_device(text: str | None) -> str:
 
 def out_path(text: str) -> str:
     """An argparse type for an output folder: not empty, not ``/``, not under /proc, /sys or /dev."""
-    if not text or not text.strip():
-        raise argparse.ArgumentTypeError("empty path; give the folder to write to")
-    resolved = os.path.realpath(os.path.abspath(text))
-    if resolved == os.path.sep:
-        raise argparse.ArgumentTypeError(f"{text!r} is the file-system root; give a folder of its own")
-    for root in FORBIDDEN_ROOTS:
-        if resolved == root or resolved.startswith(root + os.path.sep):
-            raise argparse.ArgumentTypeError(f"{text!r} lies in {root}, a kernel file system; write elsewhere")
+    problem = output_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return text
 
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rela_fast.errors import UserError
+from rela_fast.paths import output_problem
 
 ON_ERROR = ("skip", "fail")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SIZE = 4096  # S x S x 3 bytes per image: 4096 is 50 MB, already far beyond any prior's input size
 WORK_SUFFIX = ".work"
-_VIRTUAL = ("/proc", "/sys", "/dev")
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,15 @@ def check_out_path(out: str | os.PathLike) -> Path:
     """``--out`` must name a folder that can be made here: not empty, not ``/``, not the current folder or
     one above it, not the home folder, not under /proc, /sys or /dev, not below a file, and writable."""
     text = os.fspath(out) if isinstance(out, os.PathLike) else str(out)
-    if not text.strip():
-        raise UserError("--out '': empty; give a folder for the target store, such as --out targets")
+    problem = output_problem(text)
+    if problem is not None:
+        raise UserError(f"--out {text!r}: {problem}")
     path = Path(text).expanduser()
     full = path.resolve()
     here = Path.cwd().resolve()
-    if full == full.parent:
-        raise UserError(f"--out {text}: is the file-system root; give a new folder for the target store")
     if full == here or full in here.parents or full == Path.home().resolve():
         raise UserError(f"--out {text}: is the current folder, one above it or the home folder; "
                         "give a new folder for the target store, such as --out ./targets")
-    for virtual in _VIRTUAL:
-        if full == Path(virtual) or Path(virtual) in full.parents:
-            raise UserError(f"--out {text}: {virtual} is a virtual file system; choose a folder on disk")
     if full.exists() and not full.is_dir():
         raise UserError(f"--out {text}: is a file, not a folder; give a folder for the target store")
     existing = full.parent
