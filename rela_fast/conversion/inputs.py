@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from rela_fast.conversion.settings import ConvertSettings
+from rela_fast.environment import resolve_device
 from rela_fast.errors import UserError
 from rela_fast.targets import entry_keys, source_fingerprint
 
@@ -56,25 +56,6 @@ def decode_prefetch(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 2
 
 
-def resolve_device(device: str | torch.device | None, world: int) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:K`` (default: cuda when available); under torchrun ``cuda:LOCAL_RANK``."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"--device {device!r}: expected cpu or cuda") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
-        if dev.index is None:
-            local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device()
-            dev = torch.device("cuda", local)
-    elif dev.type != "cpu":
-        raise UserError(f"--device {device!r}: expected cpu or cuda")
-    return dev
-
-
 def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, labels: Any, world: int
                 ) -> ConversionInputs:
     """Open the source, build the prior, resolve S and d (checked against P and N), make the decoder and
@@ -88,7 +69,7 @@ def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, l
     if n_src == 0:
         raise UserError(f"{src}: no images found; point SRC at a folder, list, tar or IDX file with images")
     _check_not_source(settings.out, source)
-    device = resolve_device(settings.device, world)
+    device = resolve_device(settings.device, what="--device")
     model, cfg = create_prior(prior, weights=weights)
     size = settings.size if settings.size is not None else int(cfg.input_size)
     dim = int(cfg.feature_dim) if settings.dim is None else settings.dim
