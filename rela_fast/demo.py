@@ -331,21 +331,9 @@ def choose_prior(cfg: DemoConfig) -> tuple[str, str]:
     return want, AUTO_PRIOR_REASON
 
 
-def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
-    """Run the demo end to end; prints its choices and the table, writes results.json and plot.png."""
-    from rela_fast.plotting import require_pyplot
-
-    t_all = time.perf_counter()
-    require_pyplot("the demo's plot.png")  # fail in a second, not after the runs
-    if cfg.setup.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--full: trains ResNet-18 on all of Fashion-MNIST and needs a CUDA GPU; "
-                        "none is available here (run without --full for the CPU-sized demo)")
-    data = load_fashion_mnist(cfg.data, cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.seed)
-    torch.set_num_threads(max(1, cfg.setup.threads))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def describe(cfg: DemoConfig, data: DemoData, prior: str, why: str, echo=print) -> None:
+    """Say every choice the demo makes before it runs."""
     s = cfg.setup
-    prior, why = choose_prior(cfg)
     echo(f"rela-fast demo: Fashion-MNIST from {data.root}")
     echo(f"  data: {data.n_train} of the {len(data.train)} train images for self-supervised training; probe on "
          f"{len(data.probe_train_images)} train / {len(data.probe_test_images)} test images (sized for a small CPU; "
@@ -361,6 +349,24 @@ def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
          "budget = fraction of the full run's optimisation steps")
     echo("  probe: linear, Adam lr 3e-4, 100 epochs on cached (z-scored) features, mean of the last 3 epochs' test "
          "accuracy; after every epoch for the curves")
+
+
+def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
+    """Run the demo end to end; prints its choices and the table, writes results.json and plot.png."""
+    from rela_fast.plotting import require_pyplot
+
+    t_all = time.perf_counter()
+    require_pyplot("the demo's plot.png")  # fail in a second, not after the runs
+    if cfg.setup.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--full: trains ResNet-18 on all of Fashion-MNIST and needs a CUDA GPU; "
+                        "none is available here (run without --full for the CPU-sized demo)")
+    data = load_fashion_mnist(cfg.data, cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.seed)
+    torch.set_num_threads(max(1, cfg.setup.threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = cfg.setup
+    prior, why = choose_prior(cfg)
+    describe(cfg, data, prior, why, echo)
     prober = Prober(data, s.image_size)
     name, _, _ = prior.partition("@")
     pmod, size = prior_module(prior, s.arch, s.image_size, cfg.seed)
