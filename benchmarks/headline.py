@@ -81,6 +81,17 @@ class RetargetOnHandover(Callback):
             m.target_projector.load_state_dict(m.projector.state_dict())
 
 
+class SaveCurve(Callback):
+    """Keeps the probe curve beside the run's checkpoint after every epoch, so a resumed run keeps it too."""
+
+    def __init__(self, probe: D.ProbeCallback, path: Path) -> None:
+        self.probe, self.path = probe, path
+
+    def on_epoch_end(self, trainer, state):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.probe.curve))
+
+
 class Experiment:
     """The runs of one experiment folder: each a JSON file under ``runs/``, written when the run finishes."""
 
@@ -196,13 +207,17 @@ class Experiment:
                          lambda_const=float(arg) if mode == "constant" else 0.5,
                          soft_steps=int(arg) if mode == "soft" else 0, floor=float(arg) if mode == "floor" else 0.0,
                          method=method, policy=policy)
-        if run_dir is None and key == self.key("byol", "default", "-", 1.0, 0):
+        if key == self.key("byol", "default", "-", 1.0, 0):
             run_dir = self.out / "work" / "run-byol-100-s0"  # kept: the 'byol' prior loads it as run:DIR
+        run_dir = run_dir or self.out / "work" / f"run-{key}"  # checkpoints: a killed run resumes next time
         setup = dataclasses.replace(self.setup, recipe=recipe)
         probe = D.ProbeCallback(self.prober, every=1)
-        callbacks = [probe] + ([RetargetOnHandover()] if mode == "retarget" else [])
+        curve_file = run_dir / "curve.json"
+        if curve_file.is_file() and (run_dir / "checkpoint.pt").is_file():
+            probe.curve = json.loads(curve_file.read_text())  # the probes of the epochs before a resume
+        callbacks = [probe, SaveCurve(probe, curve_file)] + ([RetargetOnHandover()] if mode == "retarget" else [])
         trainer = D.make_trainer(spec, setup, self.data, store, callbacks, out=run_dir, **recipe_kw)
-        res = trainer.fit(self.data.train, resume=False)
+        res = trainer.fit(self.data.train, resume=True)
         curve = [{**p, "wall_s": p["train_s"] + conv_s} for p in probe.curve]
         return self.record(key, {
             "row": method if not rela else "rela", "method": "byol" if method != "supervised" else method,
