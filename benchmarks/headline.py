@@ -64,6 +64,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %% of the best prior: soft:N "
                    "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
                    "restarted at the switch), constant:f (switch after f of the epochs)")
+    p.add_argument("--variant-prior", default="", help="prior of the variant runs (default: the best so far)")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
     p.add_argument("--threads", type=int, default=1)
@@ -253,9 +254,10 @@ class Experiment:
                 self.train("byol", "default", None, "-", 1.0, seed, policy="infobatch")
                 self.train("byol", "default", store, self.best_prior(), 1.0, seed, conv_s, policy="infobatch")
             if seed == 0 and want("variants"):
+                prior = a.variant_prior or self.best_prior()
                 for var in [v for v in a.variants.split(",") if v]:
-                    store, conv_s = self.conversion(self.best_prior())
-                    self.train("byol", "default", store, self.best_prior(), 0.5, 0, conv_s, variant=var)
+                    store, conv_s = self.conversion(prior)
+                    self.train("byol", "default", store, prior, 0.5, 0, conv_s, variant=var)
 
     def best_prior(self) -> str:
         """The prior whose seed-0 ReLA 50 % run probes best so far (lite0 before any is known)."""
