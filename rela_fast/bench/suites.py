@@ -47,8 +47,10 @@ def find_bench_dir(explicit: Path | None = None, start: Path | None = None) -> P
 
 
 def available_suites(bench_dir: Path) -> list[str]:
-    """Suite names, from ``bench_dir/bench_<suite>.py``."""
-    return sorted(p.stem[len("bench_"):] for p in Path(bench_dir).glob("bench_*.py"))
+    """Suite names, from ``bench_dir/bench_<suite>.py`` files that hold pytest-benchmark tests (the others, such as
+    ``bench_train_e2e.py`` and ``bench_convert_memory.py``, are scripts that time whole processes: run them)."""
+    return sorted(p.stem[len("bench_"):] for p in Path(bench_dir).glob("bench_*.py")
+                  if "def test_" in p.read_text(encoding="utf-8", errors="replace"))
 
 
 def default_out(bench_dir: Path, machine: str, date: str) -> Path:
