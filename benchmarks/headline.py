@@ -395,7 +395,10 @@ def report(exp: Experiment, argv: list[str]) -> None:
     a = exp.args
     head = (f"Fashion-MNIST, all 60,000 train images; student {a.arch} at 28 px; {a.epochs} epochs at batch "
             f"{a.batch_size} at full budget; probe per ALGORITHM.md on {a.probe_train} train / 10,000 test images "
-            "(z-scored features). ReLA wall time includes the prior's whole conversion. Machine-readable: "
+            "(z-scored features). ReLA wall time includes the prior's whole conversion, but not the training of the "
+            "`byol` prior (it is the BYOL 100 % seed-0 run itself: add that row's wall time for a fair cost). Wall "
+            "times come from 2 CPU cores shared by 1-4 concurrent runs and other jobs: indicative; steps are exact. "
+            "Machine-readable: "
             f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/summary.json`.")
     (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n")
     plot(summary, out / "plot.png")
