@@ -216,7 +216,8 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"):
     if not arch:
         raise UserError(
             f"{path}: the run trained a custom backbone module, which cannot be rebuilt from the checkpoint; "
-            "load it yourself and call rela_fast.eval.linear_probe(backbone, train, test)")
+            "rebuild your module, load its weights (the 'backbone' entry) yourself and pass the module on "
+            "(to rela_fast.eval.linear_probe, or as the prior of rela_fast.convert)")
     backbone, _, _ = create_backbone(**check_backbone_config(arch, path))
     load_weights(backbone, state.get("backbone"), "backbone", path)
     return backbone.to(device), config, state
