@@ -179,9 +179,9 @@ class Experiment:
         """The seed-0 BYOL 100 % run directory (trained here if needed): the auxiliary gift, as ``run:DIR``."""
         run_dir = self.out / "work" / "run-byol-100-s0"
         self.train("byol", "default", None, "-", 1.0, 0)
-        if not (run_dir / "checkpoint.pt").is_file():
-            raise SystemExit(f"{run_dir}: the BYOL 100 % seed-0 run's directory is missing; delete "
-                             f"{self.out}/runs/{self.key('byol', 'default', '-', 1.0, 0)}.json to retrain it")
+        if not (run_dir / "checkpoint.pt").is_file():  # work/ is not committed: on a new machine, retrain the prior
+            spec = D.RunSpec("byol-prior", 1.0, False, seed=0)
+            D.make_trainer(spec, self.setup, self.data, None, [], out=run_dir).fit(self.data.train, resume=True)
         return run_dir
 
     # -- training runs --------------------------------------------------------------------------
