@@ -53,13 +53,10 @@ from rela_fast.data import open_source
 from rela_fast.demo import FastTrainer
 warm, steps, batch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 src = open_source(sys.argv[4])
-class Probe:
-    pass
 tr = FastTrainer("convnet-16", "byol", None, epochs=1, batch_size=batch, lr=2e-3, weight_decay=1e-4,
                  device="cpu", max_steps=warm + steps, method_kwargs={"hidden_dim": 512, "proj_dim": 128})
 t0 = {}
-orig = tr.method.on_step if hasattr(tr.method, "on_step") else None
-import rela_fast.train.methods as M
+import rela_fast.train.methods as M  # the old trainer has no callbacks: time steps in BYOL's per-step hook
 base_on_step = M.BYOL.on_step
 def on_step(self, step, total):
     base_on_step(self, step, total)

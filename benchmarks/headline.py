@@ -113,7 +113,8 @@ class Experiment:
 
     @property
     def prober(self) -> D.Prober:
-        return self.data and self._prober
+        self.data  # noqa: B018 - loading the data builds the prober
+        return self._prober
 
     def done(self, key: str) -> dict | None:
         path = self.out / "runs" / f"{key}.json"

@@ -59,7 +59,8 @@ def owned(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and marker(path) is not None
 
 
-def _json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (a probe, not a validation)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -72,7 +73,7 @@ def legacy_store(path: str | os.PathLike) -> bool:
     a prior and a source fingerprint, next to ``targets.npy`` and ``rows.npy``, and nothing but .npy/.json
     files. Treated as rela_fast's own (it is replaced by ``--overwrite``; a new marked store takes its place)."""
     path = Path(path)
-    meta = _json(path / "meta.json")
+    meta = read_json_or_none(path / "meta.json")
     if not (isinstance(meta, dict) and meta.get("schema_version") == 1 and isinstance(meta.get("prior"), dict)
             and isinstance(meta.get("source"), dict)):
         return False
@@ -84,7 +85,7 @@ def legacy_work(path: str | os.PathLike) -> bool:
     """A ``<out>.work`` folder of rela_fast 0.1: ``plan.json`` (with schema_version and prior) and only
     ``plan.json*`` and ``shard-*`` entries."""
     path = Path(path)
-    plan = _json(path / "plan.json")
+    plan = read_json_or_none(path / "plan.json")
     if not (isinstance(plan, dict) and "schema_version" in plan and "prior" in plan):
         return False
     return all(p.name.startswith(("plan.json", "shard-")) for p in path.iterdir())

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rela_fast.conversion.shards import ShardPlan
-from rela_fast.ownership import MARKER, mark, ours, pid_alive, remove_dead_temps, remove_if_ours
+from rela_fast.ownership import MARKER, mark, ours, pid_alive, read_json_or_none, remove_dead_temps, remove_if_ours
 
 LOCK_TEXT = "rela_fast convert lock\n"
 
@@ -76,21 +76,13 @@ def claim_message(path: Path, what: str) -> str | None:
     )
 
 
-def _read_plan(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, out: Path) -> list[str]:
     """Rank 0: clear debris of dead runs, (re)create the marked work folder, drop shards that no longer
     match (other settings, changed rows), record the settings. Returns notes for the log."""
     work, notes = plan.work, []
     remove_dead_temps(out.parent, out.name)
     plan_file = work / "plan.json"
-    old = _read_plan(plan_file) if work.is_dir() else None
+    old = read_json_or_none(plan_file) if work.is_dir() else None
     if work.is_dir() and old != settings and any(work.iterdir()):
         if old is not None:
             notes.append(f"{work} was made with other settings; starting afresh")

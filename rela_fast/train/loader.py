@@ -28,8 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rela_fast.environment import dali_available
-from rela_fast.train import augment as A
-from rela_fast.train.augment import BatchPhotometric, ViewSpec, build_torchvision, crop_flip, eval_transform
+from rela_fast.train.augment import BatchPhotometric, ViewSpec, build_torchvision, crop_flip, eval_transform, view_ops
 
 
 def to_rgb(item: Any) -> torch.Tensor:
@@ -249,7 +248,7 @@ class DaliTwoViewLoader:
         def coin(p):  # 0.0 / 1.0 per sample
             return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
 
-        ops = {type(op).__name__: op for op in A.view_ops(spec)}
+        ops = {type(op).__name__: op for op in view_ops(spec)}
         crop, norm = ops["Crop"], ops["Normalize"]
         img = fn.random_resized_crop(img, size=(crop.size, crop.size), random_area=list(crop.scale),
                                      random_aspect_ratio=list(crop.ratio), antialias=True)
