@@ -20,7 +20,7 @@ from rela_fast.conversion.inputs import ConversionInputs, open_inputs
 from rela_fast.conversion.report import Timing, log, summary
 from rela_fast.conversion.settings import ConvertSettings
 from rela_fast.conversion.shards import OrderedMerge, ShardPlan
-from rela_fast.conversion.workdir import OutputLock, claim_message, first_kept_failure, prepare_work
+from rela_fast.conversion.workdir import claim_message, first_kept_failure, output_lock, prepare_work
 from rela_fast.distributed import rank_and_world
 from rela_fast.errors import UserError
 from rela_fast.ownership import remove_if_ours
@@ -72,9 +72,9 @@ def convert(
     )
     rank, world = rank_and_world()
     inputs = open_inputs(settings, src, prior, weights, labels, world)
-    lock = OutputLock(settings.out) if rank == 0 else None
+    lock = output_lock(settings.out) if rank == 0 else None
     try:
-        broadcast_error(world, lock.acquire() if lock is not None else None)
+        broadcast_error(world, lock.try_acquire() if lock is not None else None)
         return _Run(settings, inputs, rank, world, timing).run()
     finally:
         if lock is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -11,56 +10,18 @@ from typing import Any
 
 from rela_fast.conversion.shards import ShardPlan
 from rela_fast.ownership import MARKER, mark, ours, pid_alive, read_json_or_none, remove_dead_temps, remove_if_ours
+from rela_fast.runlock import RunLock
 
 LOCK_TEXT = "rela_fast convert lock\n"
 
 
-class OutputLock:
+def output_lock(out: Path) -> RunLock:
     """``<out>.lock``, held (flock) by rank 0 for the whole run: two conversions never write one store.
-
-    A lock file rela_fast creates holds :data:`LOCK_TEXT` and is removed at the end; a user's file of that
-    name is locked (flock changes nothing in it) and left exactly as it was."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out.with_name(out.name + ".lock")
-        self.fd: int | None = None
-        self.ours = False
-
-    def acquire(self) -> str | None:
-        """None when acquired (or locking is unavailable), else the error message."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
-            return f"{self.path}: exists and is not a lock file rela_fast made; move it away or choose another --out"
-        try:
-            self.fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-        except FileExistsError:
-            self.fd, created = os.open(self.path, os.O_RDWR), False
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            return (
-                f"{self.path.with_suffix('')}: another rela-fast convert is writing it (lock file {self.path}); "
-                "wait for it to finish or choose another --out"
-            )
-        if created:
-            os.write(self.fd, LOCK_TEXT.encode())
-        self.ours = created or os.pread(self.fd, 256, 0) == LOCK_TEXT.encode()  # ours, left by a killed run
-        return None
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        if self.ours:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        os.close(self.fd)
-        self.fd = None
+    The file is rela_fast's only if it holds :data:`LOCK_TEXT`; only then is it removed at the end."""
+    lock_file = out.with_name(out.name + ".lock")
+    busy = (f"{out}: another rela-fast convert is writing it (lock file {lock_file}); "
+            "wait for it to finish or choose another --out")
+    return RunLock(lock_file, busy, owned_text=LOCK_TEXT)
 
 
 def claim_message(path: Path, what: str) -> str | None:
