@@ -250,15 +250,32 @@ class Experiment:
                                 self.train("byol", recipe, store, prior, b, seed, conv_s)
             if seed == 0 and want("supervised"):
                 self.train("supervised", "default", None, "-", 1.0, 0)
-            if want("infobatch"):  # InfoBatch as published vs random (ISSUE "Score-based subsets"), every seed
-                store, conv_s = self.conversion(self.best_prior())
-                self.train("byol", "default", None, "-", 1.0, seed, policy="infobatch")
-                self.train("byol", "default", store, self.best_prior(), 1.0, seed, conv_s, policy="infobatch")
+            if want("infobatch"):
+                self.infobatch_vs_random(seed)
             if seed == 0 and want("variants"):
                 prior = a.variant_prior or self.best_prior()
                 for var in [v for v in a.variants.split(",") if v]:
                     store, conv_s = self.conversion(prior)
                     self.train("byol", "default", store, prior, 0.5, 0, conv_s, variant=var)
+
+    def infobatch_vs_random(self, seed: int) -> None:
+        """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
+        subsets"), for BYOL and ReLA-BYOL (best prior). The matched random budget is seed 0's InfoBatch
+        steps over the full-budget steps, so every seed compares the same two rows."""
+        prior = self.best_prior()
+        store, conv_s = self.conversion(prior)
+        for st, p, c in ((None, "-", 0.0), (store, prior, conv_s)):
+            self.train("byol", "default", st, p, 1.0, seed, c, policy="infobatch")
+            self.train("byol", "default", st, p, self.matched_budget(p), seed, c)
+
+    def full_steps(self) -> int:
+        a = self.args
+        return a.epochs * (a.train_images // a.batch_size)
+
+    def matched_budget(self, prior: str) -> float:
+        """Seed 0's InfoBatch steps as a fraction of the full-budget steps (two decimals)."""
+        ib = self.done(self.key("byol", "default", prior, 1.0, 0, policy="infobatch"))
+        return round(ib["steps"] / self.full_steps(), 2)
 
     def best_prior(self) -> str:
         """The prior whose seed-0 ReLA 50 % run probes best so far (lite0 before any is known)."""
@@ -295,11 +312,15 @@ def summarise(exp: Experiment) -> dict:
     for (rela, prior, recipe, budget, variant), rs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         rs = sorted(rs, key=lambda r: r["seed"])
         row = {"method": "byol", "rela": rela, "prior": prior, "recipe": recipe, "budget": budget,
-               "seeds": [r["seed"] for r in rs], "acc": [r["acc"] for r in rs], "steps": rs[0]["steps"],
+               "seeds": [r["seed"] for r in rs], "acc": [r["acc"] for r in rs],
+               "steps": round(_mean([r["steps"] for r in rs])),
                "wall_s": [round(r["wall_s"], 1) for r in rs], "handover_step": [r["handover_step"] for r in rs],
                "time_to_byol100": _time_to(rs, ref_acc, ref_wall) if rela else None}
         if variant:
             row["variant"] = variant
+        if len({r["steps"] for r in rs}) > 1 or "infobatch" in (variant or ""):  # a random subset size
+            row["steps_per_seed"] = [r["steps"] for r in rs]
+            row["steps_saved"] = round(1 - row["steps"] / exp.full_steps(), 3)
         out_rows.append(row)
     a = exp.args
     return {"dataset": "fashion-mnist", "train_images": a.train_images, "untrained_seeds": len(un),
@@ -353,7 +374,8 @@ def table(summary: dict) -> str:
         name = ("ReLA-BYOL" if r["rela"] else "BYOL") + (f", {r['variant']}" if r.get("variant") else "")
         ho = [h for h in r["handover_step"] if h is not None]
         rows.append((name, r["prior"] or "-", r["recipe"], f"{100 * r['budget']:.0f} %", _pct(r["acc"]),
-                     len(r["seeds"]), r["steps"], f"{_mean(r['wall_s']):.0f}",
+                     len(r["seeds"]), f"{r['steps']}" + (f" ({100 * r['steps_saved']:.0f} % saved)"
+                                                         if "steps_saved" in r else ""), f"{_mean(r['wall_s']):.0f}",
                      f"{len(ho)}/{len(r['seeds'])}" + (f" (step {int(_mean(ho))})" if ho else "") if r["rela"] else "-",
                      "-" if r["time_to_byol100"] is None else f"{r['time_to_byol100']:.2f}"))
     return render_table(("row", "prior", "recipe", "budget", "probe acc. (%)", "seeds", "steps",

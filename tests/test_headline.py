@@ -1,0 +1,55 @@
+"""benchmarks/headline.py at toy size on real Fashion-MNIST: the summary's shape, InfoBatch against a random
+subset of the same size, and a re-run that skips every finished run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _headline():
+    spec = importlib.util.spec_from_file_location("headline", ROOT / "benchmarks" / "headline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
+    headline = _headline()
+    out = tmp_path / "hl"
+    argv = ["--out", str(out), "--data", fashion_mnist_dir, "--arch", "convnet-4", "--train-images", "640",
+            "--epochs", "2", "--batch-size", "64", "--probe-train", "300", "--seeds", "1", "--priors", "random",
+            "--only", "baselines,rela,infobatch"]
+    assert headline.main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"] == "fashion-mnist" and s["train_images"] == 640 and s["probe"] == {"train": 300, "test": 10000}
+    base = s["baselines"]
+    for v in (base["pixels"], base["untrained"], base["prior_targets"]["random"]):
+        assert 0.1 < v <= 1.0  # ten classes: any working probe beats chance
+    full = 2 * (640 // 64)
+    rows = {(r["rela"], r["budget"], r.get("variant")): r for r in s["rows"]}
+    for r in s["rows"]:
+        assert all(math.isfinite(a) and 0.0 <= a <= 1.0 for a in r["acc"]) and r["seeds"] == [0]
+        assert r["method"] == "byol" and r["recipe"] == "default"
+        assert (r["prior"] == "random") == r["rela"] and (r["time_to_byol100"] is None or r["rela"])
+    for rela in (False, True):
+        ib = rows[(rela, 1.0, "infobatch")]
+        # epoch 0 keeps every (unseen) sample, epoch 1 prunes half of the below-mean ones: a real saving
+        assert full // 2 < ib["steps"] < full and ib["steps_saved"] == round(1 - ib["steps"] / full, 3)
+        matched = rows[(rela, round(ib["steps"] / full, 2), None)]  # random subset of InfoBatch's size
+        assert abs(matched["steps"] - ib["steps"]) <= 2
+    assert {(True, b, None) for b in (0.5, 0.2, 0.1)} <= set(rows)
+    table = (out / "table.md").read_text()
+    assert "% saved)" in table and "linear probe on the raw pixels" in table
+    assert "python benchmarks/headline.py" in (out / "commands.txt").read_text()
+
+    stamps = {p.name: p.read_text() for p in (out / "runs").glob("*.json")}
+    assert headline.main(argv) == 0  # every run is done: skipped, nothing rewritten
+    assert {p.name: p.read_text() for p in (out / "runs").glob("*.json")} == stamps
