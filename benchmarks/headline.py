@@ -67,6 +67,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variant-prior", default="", help="prior of the variant runs (default: the best so far)")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
+    p.add_argument("--infobatch-arms", default="byol,rela",
+                   help="which InfoBatch comparisons to run: byol, rela (two processes can take one each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite summary.json, table.md and plot.png")
     return p.parse_args(argv)
@@ -262,9 +264,10 @@ class Experiment:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
         subsets"), for BYOL and ReLA-BYOL (best prior). The matched random budget is seed 0's InfoBatch
         steps over the full-budget steps, so every seed compares the same two rows."""
+        arms = [x for x in self.args.infobatch_arms.split(",") if x]
         prior = self.best_prior()
-        store, conv_s = self.conversion(prior)
-        for st, p, c in ((None, "-", 0.0), (store, prior, conv_s)):
+        store, conv_s = self.conversion(prior) if "rela" in arms else (None, 0.0)
+        for st, p, c in [(None, "-", 0.0)] * ("byol" in arms) + [(store, prior, conv_s)] * ("rela" in arms):
             self.train("byol", "default", st, p, 1.0, seed, c, policy="infobatch")
             self.train("byol", "default", st, p, self.matched_budget(p), seed, c)
 
@@ -411,7 +414,29 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(exp: Experiment, argv: list[str]) -> None:
+def reproduce_args(exp: Experiment) -> list[str]:
+    """The one invocation that runs every row this folder holds: its settings, the seeds, recipes and variants
+    found in ``runs/`` (whatever partial commands produced them)."""
+    a, rows = exp.args, [r for r in exp.rows() if "recipe" in r]  # the training runs
+    out = a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out
+    args = ["--out", str(out)]
+    defaults = parse([])
+    for name in ("data", "arch", "train_images", "epochs", "batch_size", "lr", "probe_train", "priors",
+                 "lite_size", "threads"):
+        if getattr(a, name) != getattr(defaults, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(a, name))]
+    args += ["--seeds", str(max([r["seed"] for r in rows], default=0) + 1)]
+    recipes = sorted({r["recipe"] for r in rows} | {"default"}, key=lambda x: x != "default")
+    if recipes != ["default"]:
+        args += ["--recipes", ",".join(recipes)]
+    variants = sorted({r["variant"] for r in rows if r.get("variant")})
+    if variants:
+        prior = next(r["prior"] for r in rows if r.get("variant"))
+        args += ["--variants", ",".join(variants), "--variant-prior", prior]
+    return args
+
+
+def report(exp: Experiment) -> None:
     summary = summarise(exp)
     out = exp.out
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -425,9 +450,10 @@ def report(exp: Experiment, argv: list[str]) -> None:
             f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/summary.json`.")
     (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n")
     plot(summary, out / "plot.png")
-    cmd = " ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *argv])
-    (out / "commands.txt").write_text(f"# reproduce (from the repository root, in the project's venv):\n{cmd}\n"
-                                      f"# machine: {summary['machine']}\n")
+    cmd = " ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *reproduce_args(exp)])
+    (out / "commands.txt").write_text(f"# reproduce every row (from the repository root, in the project's venv; "
+                                      f"finished runs are skipped, so it can be run in parts):\n{cmd}\n"
+                                      f"{cmd} --report\n# machine: {summary['machine']}\n")
     print(table(summary))
 
 
@@ -436,7 +462,7 @@ def main(argv=None) -> int:
     exp = Experiment(parse(argv))
     if not exp.args.report:
         exp.run()
-    report(exp, [a for a in argv if a != "--report"])
+    report(exp)
     return 0
 
 
