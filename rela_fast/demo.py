@@ -228,9 +228,9 @@ class Setup:
     image_size: int = 28
     epochs: int = 6
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float | None = 2e-3  # None: the recipe's (the trainer's own choice)
     optimizer: str = "adamw"
-    weight_decay: float = 1e-4
+    weight_decay: float | None = 1e-4  # None: the recipe's
     method_kwargs: dict = field(default_factory=lambda: {"hidden_dim": 512, "proj_dim": 128})
     recipe: str = "default"
     threads: int = 1

@@ -71,7 +71,9 @@ def test_authors_recipe_constant_lr_decay_on_all_parameters_fixed_momentum():
 
 def test_each_point_overrides_the_recipe_and_batch_defaults():
     r = resolve_recipe("authors")
-    assert (r.batch_size, r.weight_decay, r.schedule, r.freeze_head, r.decay_all) == (128, 0.01, "constant", True, True)
+    assert (r.batch_size, r.lr, r.weight_decay, r.schedule, r.freeze_head, r.decay_all) == (
+        128, 1e-3, 0.01, "constant", True, True)
+    assert resolve_recipe("authors", lr=2e-3, weight_decay=1e-4).lr == 2e-3  # given choices win
     r = resolve_recipe("authors", freeze_head=False, schedule="cosine", batch_size=32, method="byol")
     assert (r.freeze_head, r.schedule, r.batch_size) == (False, "cosine", 32)
     assert r.method_kwargs == {"base_momentum": 0.99, "final_momentum": 0.99}

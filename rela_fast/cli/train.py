@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=integer(1), help="per process and micro-step (default 256; authors 128)")
     parser.add_argument("--accumulate", type=integer(1), default=1, help="gradient-accumulation micro-steps")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
-    parser.add_argument("--lr", type=real(0.0, lo_open=True), default=1e-3)
+    parser.add_argument("--lr", type=real(0.0, lo_open=True), help="default 1e-3 (both recipes)")
     parser.add_argument("--weight-decay", type=real(0.0), help="default 1e-6 on weights only; authors 0.01 on all")
     parser.add_argument("--schedule", choices=["cosine", "constant"],
                         help="lr schedule (default cosine; authors constant)")

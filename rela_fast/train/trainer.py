@@ -150,7 +150,8 @@ class ReLATrainer:
         subset_policy: ``random`` (reference), ``topk``, ``bottomk``, ``weighted``, ``infobatch``.
         recipe: ``"default"`` or ``"authors"`` (their code: frozen random transfer head, constant lr,
             weight decay 0.01 on every parameter, BYOL momentum fixed at 0.99, global batch 128); each of
-            ``freeze_head``, ``schedule``, ``decay_all`` and ``batch_size`` overrides the recipe's choice.
+            ``lr``, ``weight_decay``, ``freeze_head``, ``schedule``, ``decay_all`` and ``batch_size`` overrides
+            the recipe's choice (both recipes use AdamW at lr 1e-3).
         batch_size: per process and micro-step; the global batch is ``batch_size x accumulate x world``.
         handover: ``"adaptive"`` (reference), ``"constant"`` (with ``lambda_const``), or a HandOver.
         soft_steps: > 0 blends the two losses linearly over that many steps after the switch (opt-in).
@@ -181,7 +182,7 @@ class ReLATrainer:
         *,
         recipe: str = "default",
         batch_size: int | None = None,
-        lr: float = 1e-3,
+        lr: float | None = None,
         optimizer: str = "adamw",
         weight_decay: float | None = None,
         momentum: float = 0.9,
@@ -218,11 +219,11 @@ class ReLATrainer:
         batched_augment: bool = True,
         progress: bool = False,
     ) -> None:
-        r = resolve_recipe(recipe, batch_size=batch_size, weight_decay=weight_decay, schedule=schedule,
+        r = resolve_recipe(recipe, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                            freeze_head=freeze_head, decay_all=decay_all, method=method,
                            method_kwargs=method_kwargs)
         views = loader if loader is not None else views
-        check_settings(lr=lr, warmup=warmup, weight_decay=r.weight_decay, momentum=momentum, image_size=image_size,
+        check_settings(lr=r.lr, warmup=warmup, weight_decay=r.weight_decay, momentum=momentum, image_size=image_size,
                        num_workers=num_workers, max_steps=max_steps, checkpoint_every=checkpoint_every,
                        soft_steps=soft_steps, lambda_const=lambda_const, device=device)
         _check_args(budget, epochs, subset_policy, r.batch_size, accumulate, optimizer, views, amp, method,
@@ -230,7 +231,7 @@ class ReLATrainer:
         self.recipe = r
         self.backbone, self.method, self.targets = backbone, method, targets
         self.budget, self.epochs, self.policy = float(budget), int(epochs), subset_policy
-        self.batch_size, self.lr, self.optimizer_name = r.batch_size, float(lr), optimizer
+        self.batch_size, self.lr, self.optimizer_name = r.batch_size, float(r.lr), optimizer
         self.weight_decay, self.momentum, self.warmup = r.weight_decay, float(momentum), float(warmup)
         self.handover_arg, self.lambda_const, self.soft_steps = handover, lambda_const, int(soft_steps)
         self.image_size, self.accumulate = image_size, int(accumulate)
