@@ -317,8 +317,10 @@ def summarise(exp: Experiment) -> dict:
         policy = r.get("policy", "random")
         var = "/".join(x for x in (r.get("variant"), None if policy == "random" else policy) if x)
         groups.setdefault((r["rela"], r["prior"], r["recipe"], r["budget"], var or None), []).append(r)
-    ref = groups.get((False, None, "default", 1.0, None), [])
-    ref_acc, ref_wall = _mean([r["acc"] for r in ref]), _mean([r["wall_s"] for r in ref])
+    refs = {}  # per recipe: BYOL 100 %'s mean final accuracy and wall time, the target of that recipe's ReLA rows
+    for recipe in {k[2] for k in groups}:
+        ref = groups.get((False, None, recipe, 1.0, None), [])
+        refs[recipe] = (_mean([r["acc"] for r in ref]), _mean([r["wall_s"] for r in ref]))
     out_rows = []
     for (rela, prior, recipe, budget, variant), rs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         rs = sorted(rs, key=lambda r: r["seed"])
@@ -326,7 +328,7 @@ def summarise(exp: Experiment) -> dict:
                "seeds": [r["seed"] for r in rs], "acc": [r["acc"] for r in rs],
                "steps": round(_mean([r["steps"] for r in rs])),
                "wall_s": [round(r["wall_s"], 1) for r in rs], "handover_step": [r["handover_step"] for r in rs],
-               "time_to_byol100": _time_to(rs, ref_acc, ref_wall) if rela else None}
+               "time_to_byol100": _time_to(rs, *refs[recipe]) if rela else None}
         if variant:
             row["variant"] = variant
         if len({r["steps"] for r in rs}) > 1 or "infobatch" in (variant or ""):  # a random subset size
@@ -349,8 +351,9 @@ def _order(k):
 
 
 def _time_to(rs: list[dict], target: float | None, ref_wall: float | None) -> float | None:
-    """Fraction of BYOL-100 %'s mean wall time this row needed (mean over seeds of the first probe point, wall
-    time incl. conversion, at or above BYOL-100 %'s final mean accuracy); None if a seed never got there."""
+    """Fraction of BYOL-100 %'s (same recipe) mean wall time this row needed (mean over seeds of the first probe
+    point, wall time incl. conversion, at or above BYOL-100 %'s final mean accuracy); None if a seed never got
+    there."""
     if target is None or not ref_wall:
         return None
     times = []
@@ -390,7 +393,7 @@ def table(summary: dict) -> str:
                      f"{len(ho)}/{len(r['seeds'])}" + (f" (step {int(_mean(ho))})" if ho else "") if r["rela"] else "-",
                      "-" if r["time_to_byol100"] is None else f"{r['time_to_byol100']:.2f}"))
     return render_table(("row", "prior", "recipe", "budget", "probe acc. (%)", "seeds", "steps",
-                         "wall s (incl. conversion)", "handed over", "time to BYOL-100 % acc."), rows,
+                         "wall s (incl. conversion)", "handed over", "time to BYOL-100 % acc. (same recipe)"), rows,
                         align="llllrrrrrr")
 
 
