@@ -26,7 +26,7 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     out = tmp_path / "hl"
     argv = ["--out", str(out), "--data", fashion_mnist_dir, "--arch", "convnet-4", "--train-images", "640",
             "--epochs", "2", "--batch-size", "64", "--probe-train", "300", "--seeds", "1", "--priors", "random",
-            "--only", "baselines,rela,infobatch"]
+            "--only", "baselines,rela,infobatch", "--recipes", "default"]
     assert headline.main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["dataset"] == "fashion-mnist" and s["train_images"] == 640 and s["probe"] == {"train": 300, "test": 10000}
