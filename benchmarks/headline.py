@@ -74,7 +74,12 @@ def parse(argv=None) -> argparse.Namespace:
                    help="which InfoBatch comparisons to run: byol, rela (two processes can take one each)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite summary.json, table.md and plot.png")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = set(args.infobatch_arms.split(",")) - {"byol", "rela"}
+    if unknown:
+        p.error(f"--infobatch-arms {args.infobatch_arms}: use a comma list of byol, rela "
+                f"(not {', '.join(sorted(unknown))})")
+    return args
 
 
 def recipe_setup(setup: D.Setup, recipe: str) -> D.Setup:
@@ -275,12 +280,16 @@ class Experiment:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
         subsets"), for BYOL and ReLA-BYOL (best prior). The matched random budget is seed 0's InfoBatch
         steps over the full-budget steps, so every seed compares the same two rows."""
-        arms = [x for x in self.args.infobatch_arms.split(",") if x]
-        prior = self.best_prior()
-        store, conv_s = self.conversion(prior) if "rela" in arms else (None, 0.0)
-        for st, p, c in [(None, "-", 0.0)] * ("byol" in arms) + [(store, prior, conv_s)] * ("rela" in arms):
-            self.train("byol", "default", st, p, 1.0, seed, c, policy="infobatch")
-            self.train("byol", "default", st, p, self.matched_budget(p), seed, c)
+        wanted, arms = set(self.args.infobatch_arms.split(",")), []  # arms: (store, prior, conversion s)
+        if "byol" in wanted:
+            arms.append((None, "-", 0.0))
+        if "rela" in wanted:
+            prior = self.best_prior()
+            store, conv_s = self.conversion(prior)
+            arms.append((store, prior, conv_s))
+        for store, prior, conv_s in arms:
+            self.train("byol", "default", store, prior, 1.0, seed, conv_s, policy="infobatch")
+            self.train("byol", "default", store, prior, self.matched_budget(prior), seed, conv_s)
 
     def full_steps(self) -> int:
         a = self.args
