@@ -264,7 +264,7 @@ class Experiment:
                     for prior in [p for p in a.priors.split(",") if p]:
                         store, conv_s = self.conversion(prior)
                         for b in RELA_BUDGETS:
-                            if seed == 0 or (b in SEEDED["rela"] and prior in ("random", self.best_prior())):
+                            if seed == 0 or (b in SEEDED["rela"] and prior in ("random", self.best_prior(recipe))):
                                 self.train("byol", recipe, store, prior, b, seed, conv_s)
             if seed == 0 and want("supervised"):
                 self.train("supervised", "default", None, "-", 1.0, 0)
@@ -291,19 +291,23 @@ class Experiment:
             self.train("byol", "default", store, prior, 1.0, seed, conv_s, policy="infobatch")
             self.train("byol", "default", store, prior, self.matched_budget(prior), seed, conv_s)
 
-    def full_steps(self) -> int:
-        a = self.args
-        return a.epochs * (a.train_images // a.batch_size)
+    def full_steps(self, train: bool = True) -> int | None:
+        """Optimiser steps of a full-budget run, as the trainer counted them in seed 0's BYOL 100 % run: one
+        count, from the code that trains. The run is trained first if it is missing, unless ``train`` is False
+        (a report never trains), then None."""
+        key = self.key("byol", "default", "-", 1.0, 0)
+        row = self.done(key) or (self.train("byol", "default", None, "-", 1.0, 0) if train else None)
+        return row["steps"] if row else None
 
     def matched_budget(self, prior: str) -> float:
         """Seed 0's InfoBatch steps as a fraction of the full-budget steps (two decimals)."""
         ib = self.done(self.key("byol", "default", prior, 1.0, 0, policy="infobatch"))
         return round(ib["steps"] / self.full_steps(), 2)
 
-    def best_prior(self) -> str:
-        """The prior whose seed-0 ReLA 50 % run probes best so far (lite0 before any is known)."""
+    def best_prior(self, recipe: str = "default") -> str:
+        """The prior whose seed-0 ReLA 50 % run under ``recipe`` probes best so far (lite0 before any is known)."""
         runs = [r for r in self.rows() if r.get("row") == "rela" and r["budget"] == 0.5 and r["seed"] == 0
-                and not r.get("variant") and r["recipe"] == "default"]
+                and not r.get("variant") and r.get("policy", "random") == "random" and r["recipe"] == recipe]
         return max(runs, key=lambda r: r["acc"])["prior"] if runs else "lite0"
 
     def rows(self) -> list[dict]:
@@ -345,7 +349,8 @@ def summarise(exp: Experiment) -> dict:
             row["variant"] = variant
         if len({r["steps"] for r in rs}) > 1 or "infobatch" in (variant or ""):  # a random subset size
             row["steps_per_seed"] = [r["steps"] for r in rs]
-            row["steps_saved"] = round(1 - row["steps"] / exp.full_steps(), 3)
+            if full := exp.full_steps(train=False):
+                row["steps_saved"] = round(1 - row["steps"] / full, 3)
         out_rows.append(row)
     a = exp.args
     return {"dataset": "fashion-mnist", "train_images": a.train_images, "untrained_seeds": len(un),
