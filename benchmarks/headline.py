@@ -66,7 +66,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--recipes", default="authors,default", help="comma list of authors, default (run in that order)")
     p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %% of the best prior: soft:N "
                    "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
-                   "restarted at the switch), constant:f (switch after f of the epochs)")
+                   "restarted at the switch), warmheads:N (backbone frozen for the first N steps of phase 2), "
+                   "constant:f (switch after f of the epochs)")
     p.add_argument("--variant-prior", default="", help="prior of the variant runs (default: the best so far)")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
@@ -98,6 +99,27 @@ class RetargetOnHandover(Callback):
         if hasattr(m, "target_backbone"):
             m.target_backbone.load_state_dict(trainer.backbone_module.state_dict())
             m.target_projector.load_state_dict(m.projector.state_dict())
+
+
+class WarmHeadsOnHandover(Callback):
+    """Hand-over variant "warmheads:N": for the first N steps of phase 2 the backbone is frozen and only the
+    method's heads learn. BYOL's projector and predictor are untrained at the switch; this keeps their first,
+    random-direction gradients away from the features the targets taught."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    @staticmethod
+    def _freeze(trainer, frozen: bool) -> None:
+        for p in trainer.backbone_module.parameters():
+            p.requires_grad_(not frozen)
+
+    def _update(self, trainer, state) -> None:
+        switch = trainer.handover.switch_step
+        warm = state.phase == 2 and switch is not None and state.step < switch + self.steps
+        self._freeze(trainer, warm)
+
+    on_fit_start = on_handover = on_step_end = _update  # a resumed run inside the warm-up freezes again
 
 
 class SaveCurve(Callback):
@@ -236,6 +258,7 @@ class Experiment:
         if curve_file.is_file() and (run_dir / "checkpoint.pt").is_file():
             probe.curve = json.loads(curve_file.read_text())  # the probes of the epochs before a resume
         callbacks = [probe, SaveCurve(probe, curve_file)] + ([RetargetOnHandover()] if mode == "retarget" else [])
+        callbacks += [WarmHeadsOnHandover(int(arg))] if mode == "warmheads" else []
         trainer = D.make_trainer(spec, setup, self.data, store, callbacks, out=run_dir, **recipe_kw)
         res = trainer.fit(self.data.train, resume=True)
         curve = [{**p, "wall_s": p["train_s"] + conv_s} for p in probe.curve]

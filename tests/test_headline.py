@@ -53,3 +53,47 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     stamps = {p.name: p.read_text() for p in (out / "runs").glob("*.json")}
     assert headline.main(argv) == 0  # every run is done: skipped, nothing rewritten
     assert {p.name: p.read_text() for p in (out / "runs").glob("*.json")} == stamps
+
+
+def test_warmheads_variant_freezes_only_the_backbone_for_n_steps(fashion_mnist_dir):
+    """``warmheads:N``: the N steps after the switch move BYOL's heads but not the backbone; later steps move both."""
+    import numpy as np
+    import torch
+
+    from rela_fast.data import open_source
+    from rela_fast.train import Callback, ConvNet, HandOver, ReLATrainer
+
+    headline = _headline()
+    src = open_source(fashion_mnist_dir)
+    take = np.arange(0, 60000, 500)[:120]
+    images, labels = np.stack([src.read(int(i)) for i in take]), [src.labels[i] for i in take]
+    data = open_source(images, labels=labels)
+    targets = torch.randn(len(take), 8)
+
+    class Moves(Callback):  # which parts changed in each optimiser step
+        def __init__(self):
+            self.rows, self.before = [], None
+
+        def snap(self, trainer):
+            return (torch.cat([p.detach().flatten() for p in trainer.backbone_module.parameters()]).clone(),
+                    torch.cat([p.detach().flatten() for p in trainer.method_module.predictor.parameters()]).clone())
+
+        def on_fit_start(self, trainer, state):
+            self.before = self.snap(trainer)
+
+        def on_step_end(self, trainer, state):
+            now = self.snap(trainer)
+            self.rows.append((state.step, state.phase, not torch.equal(now[0], self.before[0]),
+                              not torch.equal(now[1], self.before[1])))
+            self.before = now
+
+    moves = Moves()
+    trainer = ReLATrainer(ConvNet(8), "byol", targets, budget=1.0, epochs=1, batch_size=20, lr=1e-2,
+                          handover=HandOver(threshold=0.3), method_kwargs=dict(hidden_dim=32, proj_dim=16),
+                          callbacks=[moves, headline.WarmHeadsOnHandover(3)])  # switches after step 1
+    trainer.fit(data)
+    assert trainer.handover.switch_step == 1
+    backbone_moved = [b for _, _, b, _ in moves.rows]
+    assert backbone_moved == [True, False, False, False, True, True]  # steps 2-4 are the warm-up
+    assert [h for step, _, _, h in moves.rows if step > 1] == [True] * 5  # the heads learn throughout phase 2
+    assert all(p.requires_grad for p in trainer.backbone_module.parameters())  # unfrozen at the end
