@@ -69,6 +69,8 @@ def parse(argv=None) -> argparse.Namespace:
                    "restarted at the switch), warmheads:N (backbone frozen for the first N steps of phase 2), "
                    "constant:f (switch after f of the epochs)")
     p.add_argument("--variant-prior", default="", help="prior of the variant runs (default: the best so far)")
+    p.add_argument("--variant-recipe", default="default", choices=("default", "authors"),
+                   help="recipe of the variant runs")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
     p.add_argument("--infobatch-arms", default="byol,rela",
@@ -294,10 +296,10 @@ class Experiment:
             if want("infobatch"):
                 self.infobatch_vs_random(seed)
             if seed == 0 and want("variants"):
-                prior = a.variant_prior or self.best_prior()
+                prior = a.variant_prior or self.best_prior(a.variant_recipe)
                 for var in [v for v in a.variants.split(",") if v]:
                     store, conv_s = self.conversion(prior)
-                    self.train("byol", "default", store, prior, 0.5, 0, conv_s, variant=var)
+                    self.train("byol", a.variant_recipe, store, prior, 0.5, 0, conv_s, variant=var)
 
     def infobatch_vs_random(self, seed: int) -> None:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
@@ -359,7 +361,7 @@ def summarise(exp: Experiment) -> dict:
     refs = {}  # per recipe: BYOL 100 %'s mean final accuracy and wall time, the target of that recipe's ReLA rows
     for recipe in {k[2] for k in groups}:
         ref = groups.get((False, None, recipe, 1.0, None), [])
-        refs[recipe] = (_mean([r["acc"] for r in ref]), _mean([r["wall_s"] for r in ref]))
+        refs[recipe] = {f: (_mean([r["acc"] for r in ref]), _mean([r[f] for r in ref])) for f in ("wall_s", "steps")}
     out_rows = []
     for (rela, prior, recipe, budget, variant), rs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
         rs = sorted(rs, key=lambda r: r["seed"])
@@ -367,7 +369,8 @@ def summarise(exp: Experiment) -> dict:
                "seeds": [r["seed"] for r in rs], "acc": [r["acc"] for r in rs],
                "steps": round(_mean([r["steps"] for r in rs])),
                "wall_s": [round(r["wall_s"], 1) for r in rs], "handover_step": [r["handover_step"] for r in rs],
-               "time_to_byol100": _time_to(rs, *refs[recipe]) if rela else None}
+               "time_to_byol100": _time_to(rs, *refs[recipe]["wall_s"]) if rela else None,
+               "steps_to_byol100": _time_to(rs, *refs[recipe]["steps"], field="step") if rela else None}
         if variant:
             row["variant"] = variant
         if len({r["steps"] for r in rs}) > 1 or "infobatch" in (variant or ""):  # a random subset size
@@ -390,19 +393,15 @@ def _order(k):
     return (recipe != "default", bool(variant), rela, str(prior), -budget, str(variant))
 
 
-def _time_to(rs: list[dict], target: float | None, ref_wall: float | None) -> float | None:
-    """Fraction of BYOL-100 %'s (same recipe) mean wall time this row needed (mean over seeds of the first probe
-    point, wall time incl. conversion, at or above BYOL-100 %'s final mean accuracy); None if a seed never got
-    there."""
-    if target is None or not ref_wall:
+def _time_to(rs: list[dict], target: float | None, ref: float | None, field: str = "wall_s") -> float | None:
+    """Fraction of BYOL-100 %'s (same recipe) mean ``field`` (wall time incl. conversion, or ``step``) this row
+    needed: the mean over seeds of its first probe point at or above BYOL-100 %'s final mean accuracy; None if a
+    seed never got there. Steps are the robust measure on a shared machine; wall time counts that a phase-1 step
+    is cheaper than a BYOL step and that the conversion is not free."""
+    if target is None or not ref:
         return None
-    times = []
-    for r in rs:
-        hit = next((p["wall_s"] for p in r["curve"] if p["acc"] >= target), None)
-        if hit is None:
-            return None
-        times.append(hit)
-    return round(_mean(times) / ref_wall, 3)
+    hits = [next((p[field] for p in r["curve"] if p["acc"] >= target), None) for r in rs]
+    return None if None in hits else round(_mean(hits) / ref, 3)
 
 
 def _pct(xs):
@@ -431,9 +430,11 @@ def table(summary: dict) -> str:
                      len(r["seeds"]), f"{r['steps']}" + (f" ({100 * r['steps_saved']:.0f} % saved)"
                                                          if "steps_saved" in r else ""), f"{_mean(r['wall_s']):.0f}",
                      f"{len(ho)}/{len(r['seeds'])}" + (f" (step {int(_mean(ho))})" if ho else "") if r["rela"] else "-",
-                     "-" if r["time_to_byol100"] is None else f"{r['time_to_byol100']:.2f}"))
+                     "-" if r["time_to_byol100"] is None else
+                     f"{r['time_to_byol100']:.2f} ({r.get('steps_to_byol100') or 0:.2f})"))
     return render_table(("row", "prior", "recipe", "budget", "probe acc. (%)", "seeds", "steps",
-                         "wall s (incl. conversion)", "handed over", "time to BYOL-100 % acc. (same recipe)"), rows,
+                         "wall s (incl. conversion)", "handed over",
+                         "time (steps) to BYOL-100 % acc., fraction of BYOL-100 %'s"), rows,
                         align="llllrrrrrr")
 
 
@@ -480,8 +481,9 @@ def reproduce_args(exp: Experiment) -> list[str]:
     args += ["--recipes", ",".join(sorted({r["recipe"] for r in rows} | {"default"}))]
     variants = sorted({r["variant"] for r in rows if r.get("variant")})
     if variants:
-        prior = next(r["prior"] for r in rows if r.get("variant"))
-        args += ["--variants", ",".join(variants), "--variant-prior", prior]
+        first = next(r for r in rows if r.get("variant"))
+        args += ["--variants", ",".join(variants), "--variant-prior", first["prior"]]
+        args += ["--variant-recipe", first["recipe"]] if first["recipe"] != "default" else []
     return args
 
 
