@@ -31,7 +31,7 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["dataset"] == "fashion-mnist" and s["train_images"] == 640 and s["probe"] == {"train": 300, "test": 10000}
     base = s["baselines"]
-    for v in (base["pixels"], base["untrained"], base["prior_targets"]["random"]):
+    for v in (base["pixels"], base["untrained"], base["prior_targets"]["random"], base["pixels_train_split"]):
         assert 0.1 < v <= 1.0  # ten classes: any working probe beats chance
     full = 2 * (640 // 64)
     rows = {(r["rela"], r["budget"], r.get("variant")): r for r in s["rows"]}
