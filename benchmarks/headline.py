@@ -103,27 +103,6 @@ class RetargetOnHandover(Callback):
             m.target_projector.load_state_dict(m.projector.state_dict())
 
 
-class WarmHeadsOnHandover(Callback):
-    """Hand-over variant "warmheads:N": for the first N steps of phase 2 the backbone is frozen and only the
-    method's heads learn. BYOL's projector and predictor are untrained at the switch; this keeps their first,
-    random-direction gradients away from the features the targets taught."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    @staticmethod
-    def _freeze(trainer, frozen: bool) -> None:
-        for p in trainer.backbone_module.parameters():
-            p.requires_grad_(not frozen)
-
-    def _update(self, trainer, state) -> None:
-        switch = trainer.handover.switch_step
-        warm = state.phase == 2 and switch is not None and state.step < switch + self.steps
-        self._freeze(trainer, warm)
-
-    on_fit_start = on_handover = on_step_end = _update  # a resumed run inside the warm-up freezes again
-
-
 class SaveCurve(Callback):
     """Keeps the probe curve beside the run's checkpoint after every epoch, so a resumed run keeps it too."""
 
@@ -258,6 +237,7 @@ class Experiment:
         spec = D.RunSpec(key, budget, rela, prior=prior, seed=seed, handover=handover,
                          lambda_const=float(arg) if mode == "constant" else 0.5,
                          soft_steps=int(arg) if mode == "soft" else 0, floor=float(arg) if mode == "floor" else 0.0,
+                         warm_heads=int(arg) if mode == "warmheads" else 0,
                          method=method, policy=policy)
         if key == self.key("byol", "default", "-", 1.0, 0):
             run_dir = self.out / "work" / "run-byol-100-s0"  # kept: the 'byol' prior loads it as run:DIR
@@ -268,7 +248,6 @@ class Experiment:
         if curve_file.is_file() and (run_dir / "checkpoint.pt").is_file():
             probe.curve = json.loads(curve_file.read_text())  # the probes of the epochs before a resume
         callbacks = [probe, SaveCurve(probe, curve_file)] + ([RetargetOnHandover()] if mode == "retarget" else [])
-        callbacks += [WarmHeadsOnHandover(int(arg))] if mode == "warmheads" else []
         trainer = D.make_trainer(spec, setup, self.data, store, callbacks, out=run_dir, **recipe_kw)
         res = trainer.fit(self.data.train, resume=True)
         curve = [{**p, "wall_s": p["train_s"] + conv_s} for p in probe.curve]

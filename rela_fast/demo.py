@@ -217,6 +217,7 @@ class RunSpec:
     lambda_const: float = 0.5
     soft_steps: int = 0
     floor: float = 0.0
+    warm_heads: int = 0
     method: str = "byol"
 
 
@@ -241,10 +242,10 @@ class Setup:
 def make_trainer(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, callbacks: list,
                  out: Path | None = None, views: str = "auto", **options: Any) -> ReLATrainer:
     """The public trainer for one run, configured exactly as a user would."""
-    kw: dict[str, Any] = {}
     kw: dict[str, Any] = {"rows": data.ssl_rows}  # every run trains on the same images
     if spec.rela:
         kw["handover"] = HandOver(spec.handover, epochs=setup.epochs, soft_steps=spec.soft_steps, floor=spec.floor,
+                                  warm_heads=spec.warm_heads,
                                   lambda_const=spec.lambda_const if spec.handover == "constant" else None)
     backbone, config = student_backbone(setup.arch, setup.image_size, spec.seed, with_config=True)
     return ReLATrainer(

@@ -166,3 +166,17 @@ def test_floor_keeps_a_small_rela_term_after_the_switch():
     restored = HandOver("constant", epochs=4, lambda_const=0.5)
     restored.load_state_dict(h.state_dict())
     assert restored.rela_weight == pytest.approx(0.1)
+
+
+def test_warm_heads_freeze_the_first_n_steps_after_the_switch_only():
+    h = HandOver(threshold=0.3, warm_heads=2)
+    frozen = []
+    for _ in range(5):
+        frozen.append(h.backbone_frozen)  # for the coming step
+        h.update(1.0 if h.phase == 1 else None)
+    assert h.switch_step == 1 and frozen == [False, True, True, False, False]  # steps 2 and 3
+    again = HandOver(threshold=0.3, warm_heads=2)
+    again.load_state_dict(HandOver(threshold=0.3, warm_heads=2).state_dict())
+    assert again.warm_heads == 2 and not HandOver("off", warm_heads=5).backbone_frozen
+    with pytest.raises(UserError):
+        HandOver(warm_heads=-1)

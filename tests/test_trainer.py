@@ -16,7 +16,7 @@ from torch import nn
 import rela_fast
 from rela_fast.data import open_source
 from rela_fast.errors import UserError
-from rela_fast.train import HandOver, ReLATrainer, Supervised, two_views
+from rela_fast.train import Callback, HandOver, ReLATrainer, Supervised, two_views
 from rela_fast.train.checkpoint import check_plain, load_checkpoint, save_checkpoint
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, dali_available
 from rela_fast.train.metrics import read_metrics
@@ -429,3 +429,39 @@ def test_loader_workers_do_not_change_the_run(fmnist, store_dir):
         return [s["rela_loss"] for s in _steps(r)]
 
     assert losses(2) == losses(0)
+
+
+def test_warm_heads_leave_the_backbone_unchanged_for_n_steps_after_the_switch(fmnist, store_dir):
+    """``warm_heads=3``: the 3 steps after the switch move BYOL's heads but not the backbone; later steps move both
+    (and a run without it moves the backbone on every step)."""
+
+    class Moves(Callback):  # which parts changed in each optimiser step
+        def __init__(self):
+            self.rows, self.before = [], None
+
+        @staticmethod
+        def snap(trainer):
+            flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()]).clone()  # noqa: E731
+            return flat(trainer.backbone_module), flat(trainer.method_module.predictor)
+
+        def on_fit_start(self, trainer, state):
+            self.before = self.snap(trainer)
+
+        def on_step_end(self, trainer, state):
+            now = self.snap(trainer)
+            self.rows.append((state.step, not torch.equal(now[0], self.before[0]),
+                              not torch.equal(now[1], self.before[1])))
+            self.before = now
+
+    moved = {}
+    for warm in (3, 0):
+        moves = Moves()
+        trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=1, batch_size=20,
+                              handover=HandOver(threshold=0.3, warm_heads=warm), method_kwargs=SMALL,
+                              callbacks=[moves])  # rho = e^-1 >= 0.3: switches after step 1
+        trainer.fit(_data(fmnist))
+        assert trainer.handover.switch_step == 1
+        moved[warm] = [b for _, b, _ in moves.rows]
+        assert [h for step, _, h in moves.rows if step > 1] == [True] * 5  # the heads learn in every phase-2 step
+    assert moved[3] == [True, False, False, False, True, True]  # steps 2-4 are the warm-up
+    assert moved[0] == [True] * 6

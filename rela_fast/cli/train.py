@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="constant hand-over: phase 1 for this fraction of epochs")
     parser.add_argument("--soft-steps", type=integer(0), default=0,
                         help="blend the losses over N steps after the switch")
+    parser.add_argument("--warm-heads", type=integer(0), default=0,
+                        help="after the switch, train only the method's heads for N steps (backbone unchanged)")
     parser.add_argument("--image-size", type=integer(8, MAX_IMAGE_SIZE),
                         help="training side (default: the images' side if <= 64, else 224)")
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, schedule=args.schedule, freeze_head=args.freeze_head, decay_all=args.decay_all,
         subset_kwargs={"prune_ratio": args.prune_ratio} if args.policy.startswith("infobatch") else None,
         warmup=args.warmup, handover=args.handover, lambda_const=args.lambda_const, soft_steps=args.soft_steps,
+        warm_heads=args.warm_heads,
         image_size=args.image_size, accumulate=args.accumulate, amp=args.amp, compile=args.compile,
         device=check_device(args.device), num_workers=args.workers, views=args.views, seed=args.seed, out=args.out,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, max_steps=args.max_steps,

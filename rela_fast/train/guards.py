@@ -43,7 +43,7 @@ def _number(name: str, value: Any, lo: float, hi: float = math.inf, *, hi_open: 
 
 def check_settings(*, lr: float, warmup: float, weight_decay: float, momentum: float, image_size: int | None,
                    num_workers: int, max_steps: int | None, checkpoint_every: int | None, soft_steps: int,
-                   lambda_const: float | None, device: Any) -> None:
+                   lambda_const: float | None, device: Any, warm_heads: int = 0) -> None:
     """Refuse settings that would crash late or train on NaN (all numbers finite, each in its range)."""
     _number("lr", lr, 0.0)
     _number("warmup", warmup, 0.0, 1.0, hi_open=True)  # a fraction of the steps (lr_at's warm-up)
@@ -51,6 +51,7 @@ def check_settings(*, lr: float, warmup: float, weight_decay: float, momentum: f
     _number("momentum", momentum, 0.0, 1.0)
     _number("num_workers", num_workers, 0, 256, integer=True)
     _number("soft_steps", soft_steps, 0, integer=True)
+    _number("warm_heads", warm_heads, 0, integer=True)
     for name, value, lo, hi in (("image_size", image_size, 1, MAX_IMAGE_SIZE), ("max_steps", max_steps, 1, math.inf),
                                 ("checkpoint_every", checkpoint_every, 1, math.inf),
                                 ("lambda_const", lambda_const, 0.0, 1.0)):

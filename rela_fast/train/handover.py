@@ -10,7 +10,10 @@ training switches, permanently, to phase 2. Constant mode: phase 1 for the epoch
 Opt-in soft schedule (``soft_steps > 0``): the paper's ``L = lam L_ReLA + (1 - lam) L_method``. ``lam`` is 1
 in phase 1; the k-th step after the switch uses ``lam = 1 - k / (soft_steps + 1)`` (k = 1 .. soft_steps), then 0,
 instead of jumping from 1 to 0. Blended steps use the method's augmentation. Opt-in ``floor``: ``lam`` never
-falls below it after the switch (a small ReLA term kept for the rest of training).
+falls below it after the switch (a small ReLA term kept for the rest of training). Opt-in ``warm_heads``: the
+first ``warm_heads`` steps after the switch leave the backbone as it is and train only the method's heads
+(:attr:`backbone_frozen`). BYOL's projector and predictor are untrained at the switch, and their first
+gradients erase part of what the targets taught: measured in ``benchmarks/results/headline-fmnist*``.
 :attr:`rela_weight` is that ``lam``; the trainer computes the ReLA loss while it is above 0.
 
 What the rule watches: the plain ReLA loss, never a re-weighted one. Subset policies with loss weights
@@ -67,6 +70,7 @@ class HandOver:
         slow_momentum: float = 0.99,
         soft_steps: int = 0,
         floor: float = 0.0,
+        warm_heads: int = 0,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"handover mode {mode!r}: unknown; use one of {', '.join(MODES)}")
@@ -77,6 +81,8 @@ class HandOver:
                 raise UserError(f"lambda_const={lambda_const}: must lie in [0, 1]")
         if soft_steps < 0:
             raise UserError(f"soft_steps={soft_steps}: must be >= 0")
+        if warm_heads < 0:
+            raise UserError(f"warm_heads={warm_heads}: must be >= 0")
         if not 0.0 <= floor < 1.0:
             raise UserError(f"floor={floor}: the ReLA weight kept after the switch must lie in [0, 1)")
         self.mode = mode
@@ -87,6 +93,7 @@ class HandOver:
         self.slow_momentum = float(slow_momentum)
         self.soft_steps = int(soft_steps)
         self.floor = float(floor)  # opt-in: keep floor x the ReLA loss after the switch (0 = the reference)
+        self.warm_heads = int(warm_heads)  # opt-in: steps after the switch that leave the backbone unchanged
         self.fast = float(fast_init)
         self.slow = float(slow_init)
         self.rho = math.exp(-max(self.slow - self.fast, 0.0))
@@ -142,6 +149,14 @@ class HandOver:
         k = self.step - (self.switch_step or 0) + 1  # the coming step is the k-th after the switch
         return max(self.floor, 1.0 - k / (self.soft_steps + 1))
 
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when the coming step is one of the first ``warm_heads`` after a switch: the trainer then leaves
+        the backbone's weights (and their optimiser state) unchanged and updates only the heads."""
+        if self.phase == 1 or self.mode == "off" or self.warm_heads == 0:
+            return False
+        return self.step - (self.switch_step or 0) + 1 <= self.warm_heads
+
     # -- persistence ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain Python values only (safe for ``torch.load(weights_only=True)`` and JSON)."""
@@ -154,6 +169,7 @@ class HandOver:
             "slow_momentum": self.slow_momentum,
             "soft_steps": self.soft_steps,
             "floor": self.floor,
+            "warm_heads": self.warm_heads,
             "fast": self.fast,
             "slow": self.slow,
             "rho": self.rho,

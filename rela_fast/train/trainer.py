@@ -155,6 +155,8 @@ class ReLATrainer:
         batch_size: per process and micro-step; the global batch is ``batch_size x accumulate x world``.
         handover: ``"adaptive"`` (reference), ``"constant"`` (with ``lambda_const``), or a HandOver.
         soft_steps: > 0 blends the two losses linearly over that many steps after the switch (opt-in).
+        warm_heads: > 0 leaves the backbone unchanged for that many steps after the switch, so the method's new
+            heads learn before their gradients reach the features the targets taught (opt-in).
         amp: None/"off", "bf16", "fp16" or "auto" (bf16 on CUDA when supported, else fp16; off on CPU).
         compile: True compiles the backbone with ``torch.compile`` (inductor); a string names the backend.
         channels_last: backbone and views in the channels-last memory format (measured in
@@ -193,6 +195,7 @@ class ReLATrainer:
         handover: HandOver | str = "adaptive",
         lambda_const: float | None = None,
         soft_steps: int = 0,
+        warm_heads: int = 0,
         image_size: int | None = None,
         accumulate: int = 1,
         amp: str | None = None,
@@ -225,7 +228,7 @@ class ReLATrainer:
         views = loader if loader is not None else views
         check_settings(lr=r.lr, warmup=warmup, weight_decay=r.weight_decay, momentum=momentum, image_size=image_size,
                        num_workers=num_workers, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                       soft_steps=soft_steps, lambda_const=lambda_const, device=device)
+                       soft_steps=soft_steps, warm_heads=warm_heads, lambda_const=lambda_const, device=device)
         _check_args(budget, epochs, subset_policy, r.batch_size, accumulate, optimizer, views, amp, method,
                     handover, lambda_const)
         self.recipe = r
@@ -234,6 +237,7 @@ class ReLATrainer:
         self.batch_size, self.lr, self.optimizer_name = r.batch_size, float(r.lr), optimizer
         self.weight_decay, self.momentum, self.warmup = r.weight_decay, float(momentum), float(warmup)
         self.handover_arg, self.lambda_const, self.soft_steps = handover, lambda_const, int(soft_steps)
+        self.warm_heads = int(warm_heads)
         self.image_size, self.accumulate = image_size, int(accumulate)
         self.amp = None if amp == "off" else amp
         self.compile, self.device_arg, self.num_workers = compile, device, int(num_workers)
@@ -272,7 +276,8 @@ class ReLATrainer:
             "method_kwargs": {k: v for k, v in self.method_kwargs.items() if isinstance(v, int | float | str | bool)},
             "image_size": self.image_size, "world": self.world, "n": self.n, "relatargets": self.rela,
             "handover": self.handover.mode, "lambda_const": self.lambda_const, "soft_steps": self.soft_steps,
-            "max_steps": self.max_steps, "backbone": self.backbone_config, "feature_dim": self.feature_dim,
+            "warm_heads": self.handover.warm_heads, "max_steps": self.max_steps, "backbone": self.backbone_config,
+            "feature_dim": self.feature_dim,
             "target_dim": self.target_dim, "num_classes": self.num_classes, "amp": self.amp,
             "recipe": self.recipe.name, "schedule": self.recipe.schedule, "freeze_head": self.recipe.freeze_head,
             "decay_all": self.recipe.decay_all, "views": getattr(self.views, "name", type(self.views).__name__),
@@ -359,7 +364,7 @@ class ReLATrainer:
             self.handover = HandOver("off")
         else:
             self.handover = HandOver(self.handover_arg, epochs=self.epochs, lambda_const=self.lambda_const,
-                                     soft_steps=self.soft_steps)
+                                     soft_steps=self.soft_steps, warm_heads=self.warm_heads)
 
     def _build_subset(self) -> None:
         from rela_fast.subset import build_subset
@@ -577,6 +582,9 @@ class ReLATrainer:
         lr = lr_at(s.step, self.total_steps, self.lr, self.warmup_steps, self.recipe.schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.handover.backbone_frozen:  # warm-up of the method's heads: no update, no moment, no decay
+            for p in self.backbone_module.parameters():
+                p.grad = None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
