@@ -68,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
                    "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
                    "restarted at the switch), warmheads:N (backbone frozen for the first N steps of phase 2), "
                    "constant:f (switch after f of the epochs)")
-    p.add_argument("--variant-prior", default="", help="prior of the variant runs (default: the best so far)")
+    p.add_argument("--variant-prior", default="", help="prior(s) of the variant runs, a comma list (default: the best so far)")
     p.add_argument("--variant-recipe", default="default", choices=("default", "authors"),
                    help="recipe of the variant runs")
     p.add_argument("--only", default="",
@@ -283,10 +283,10 @@ class Experiment:
             if want("infobatch"):
                 self.infobatch_vs_random(seed)
             if seed == 0 and want("variants"):
-                prior = a.variant_prior or self.best_prior(a.variant_recipe)
-                for var in [v for v in a.variants.split(",") if v]:
-                    store, conv_s = self.conversion(prior)
-                    self.train("byol", a.variant_recipe, store, prior, 0.5, 0, conv_s, variant=var)
+                for prior in (a.variant_prior or self.best_prior(a.variant_recipe)).split(","):
+                    for var in [v for v in a.variants.split(",") if v]:
+                        store, conv_s = self.conversion(prior)
+                        self.train("byol", a.variant_recipe, store, prior, 0.5, 0, conv_s, variant=var)
 
     def infobatch_vs_random(self, seed: int) -> None:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
@@ -474,7 +474,8 @@ def reproduce_args(exp: Experiment) -> list[str]:
     variants = sorted({r["variant"] for r in rows if r.get("variant")})
     if variants:
         first = next(r for r in rows if r.get("variant"))
-        args += ["--variants", ",".join(variants), "--variant-prior", first["prior"]]
+        priors = sorted({r["prior"] for r in rows if r.get("variant")})
+        args += ["--variants", ",".join(variants), "--variant-prior", ",".join(priors)]
         args += ["--variant-recipe", first["recipe"]] if first["recipe"] != "default" else []
     return args
 
