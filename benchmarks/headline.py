@@ -68,7 +68,7 @@ def parse(argv=None) -> argparse.Namespace:
                    "(blend over N steps), floor:x (keep x ReLA), lr:constant (no decay), retarget (BYOL target "
                    "restarted at the switch), warmheads:N (backbone frozen for the first N steps of phase 2), "
                    "constant:f (switch after f of the epochs)")
-    p.add_argument("--variant-prior", default="", help="prior(s) of the variant runs, a comma list (default: the best so far)")
+    p.add_argument("--variant-prior", default="", help="prior(s) of the variant runs, comma list (default: the best)")
     p.add_argument("--variant-recipe", default="default", choices=("default", "authors"),
                    help="recipe of the variant runs")
     p.add_argument("--only", default="",
