@@ -53,4 +53,3 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     stamps = {p.name: p.read_text() for p in (out / "runs").glob("*.json")}
     assert headline.main(argv) == 0  # every run is done: skipped, nothing rewritten
     assert {p.name: p.read_text() for p in (out / "runs").glob("*.json")} == stamps
-

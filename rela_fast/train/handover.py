@@ -146,8 +146,11 @@ class HandOver:
             return 0.0
         if self.soft_steps == 0:
             return self.floor
-        k = self.step - (self.switch_step or 0) + 1  # the coming step is the k-th after the switch
-        return max(self.floor, 1.0 - k / (self.soft_steps + 1))
+        return max(self.floor, 1.0 - self._coming_after_switch() / (self.soft_steps + 1))
+
+    def _coming_after_switch(self) -> int:
+        """k: the coming optimiser step is the k-th after the switch (phase 2 only)."""
+        return self.step - (self.switch_step or 0) + 1
 
     @property
     def backbone_frozen(self) -> bool:
@@ -155,7 +158,7 @@ class HandOver:
         the backbone's weights (and their optimiser state) unchanged and updates only the heads."""
         if self.phase == 1 or self.mode == "off" or self.warm_heads == 0:
             return False
-        return self.step - (self.switch_step or 0) + 1 <= self.warm_heads
+        return self._coming_after_switch() <= self.warm_heads
 
     # -- persistence ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
