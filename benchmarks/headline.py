@@ -71,6 +71,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variant-prior", default="", help="prior(s) of the variant runs, comma list (default: the best)")
     p.add_argument("--variant-recipe", default="default", choices=("default", "authors"),
                    help="recipe of the variant runs")
+    p.add_argument("--variant-seeds", type=int, default=1, help="seeds of the variant runs (at most --seeds)")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
     p.add_argument("--infobatch-arms", default="byol,rela",
@@ -82,7 +83,30 @@ def parse(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"--infobatch-arms {args.infobatch_arms}: use a comma list of byol, rela "
                 f"(not {', '.join(sorted(unknown))})")
+    for variant in [v for v in args.variants.split(",") if v]:
+        if (why := variant_error(variant)) is not None:
+            p.error(f"--variants {variant}: {why}")
     return args
+
+
+VARIANT_ARGS = {"soft": int, "warmheads": int, "floor": float, "constant": float, "lr": str, "retarget": None}
+
+
+def variant_error(variant: str) -> str | None:
+    """Why ``variant`` (mode[:arg]) is not one ``--variants`` knows, or None when it is."""
+    mode, colon, arg = variant.partition(":")
+    if mode not in VARIANT_ARGS:
+        return f"unknown mode {mode!r}; use one of {', '.join(VARIANT_ARGS)}"
+    kind = VARIANT_ARGS[mode]
+    if kind is None:
+        return f"{mode} takes no argument" if colon else None
+    if kind is str:
+        return None if arg == "constant" else f"use {mode}:constant"
+    try:
+        ok = kind(arg) >= 0
+    except ValueError:
+        ok = False
+    return None if ok else f"use {mode}:N with a non-negative {kind.__name__} N"
 
 
 def recipe_setup(setup: D.Setup, recipe: str) -> D.Setup:
@@ -282,11 +306,11 @@ class Experiment:
                 self.train("supervised", "default", None, "-", 1.0, 0)
             if want("infobatch"):
                 self.infobatch_vs_random(seed)
-            if seed == 0 and want("variants"):
+            if seed < a.variant_seeds and want("variants"):
                 for prior in (a.variant_prior or self.best_prior(a.variant_recipe)).split(","):
                     for var in [v for v in a.variants.split(",") if v]:
                         store, conv_s = self.conversion(prior)
-                        self.train("byol", a.variant_recipe, store, prior, 0.5, 0, conv_s, variant=var)
+                        self.train("byol", a.variant_recipe, store, prior, 0.5, seed, conv_s, variant=var)
 
     def infobatch_vs_random(self, seed: int) -> None:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
@@ -477,6 +501,8 @@ def reproduce_args(exp: Experiment) -> list[str]:
         priors = sorted({r["prior"] for r in rows if r.get("variant")})
         args += ["--variants", ",".join(variants), "--variant-prior", ",".join(priors)]
         args += ["--variant-recipe", first["recipe"]] if first["recipe"] != "default" else []
+        seeds = max(r["seed"] for r in rows if r.get("variant")) + 1
+        args += ["--variant-seeds", str(seeds)] if seeds > 1 else []
     return args
 
 

@@ -53,3 +53,18 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     stamps = {p.name: p.read_text() for p in (out / "runs").glob("*.json")}
     assert headline.main(argv) == 0  # every run is done: skipped, nothing rewritten
     assert {p.name: p.read_text() for p in (out / "runs").glob("*.json")} == stamps
+
+
+@pytest.mark.parametrize("bad", ["warmheads:x", "soft:-3", "floor:abc", "constant:", "lr:cosine", "retarget:2",
+                                 "bogus:1"])
+def test_headline_refuses_a_malformed_variant_in_one_line(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _headline().parse(["--variants", f"soft:100,{bad}"])
+    assert exc.value.code == 2
+    assert f"error: --variants {bad}:" in capsys.readouterr().err
+
+
+def test_headline_accepts_every_documented_variant():
+    args = _headline().parse(["--variants", "soft:500,floor:0.1,lr:constant,retarget,warmheads:200,constant:1.0",
+                              "--variant-seeds", "3"])
+    assert args.variant_seeds == 3
