@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,9 @@ def parse(argv=None) -> argparse.Namespace:
         p.error(f"--infobatch-arms {args.infobatch_arms}: use a comma list of byol, rela "
                 f"(not {', '.join(sorted(unknown))})")
     for variant in [v for v in args.variants.split(",") if v]:
-        if (why := variant_error(variant)) is not None:
+        try:
+            parse_variant(variant)
+        except ValueError as why:
             p.error(f"--variants {variant}: {why}")
     return args
 
@@ -93,21 +96,30 @@ def parse(argv=None) -> argparse.Namespace:
 VARIANT_ARGS = {"soft": int, "warmheads": int, "floor": float, "constant": float, "lr": str, "retarget": None}
 
 
-def variant_error(variant: str) -> str | None:
-    """Why ``variant`` (mode[:arg]) is not one ``--variants`` knows, or None when it is."""
+def parse_variant(variant: str) -> tuple[str, Any]:
+    """(mode, typed argument) of one ``--variants`` value (mode[:arg]); ("", None) for none. Raises ValueError
+    saying what to write instead, so parse() refuses it before any run starts and train() reads the same value."""
+    if not variant:
+        return "", None
     mode, colon, arg = variant.partition(":")
     if mode not in VARIANT_ARGS:
-        return f"unknown mode {mode!r}; use one of {', '.join(VARIANT_ARGS)}"
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(VARIANT_ARGS)}")
     kind = VARIANT_ARGS[mode]
     if kind is None:
-        return f"{mode} takes no argument" if colon else None
+        if colon:
+            raise ValueError(f"{mode} takes no argument")
+        return mode, None
     if kind is str:
-        return None if arg == "constant" else f"use {mode}:constant"
+        if arg != "constant":
+            raise ValueError(f"use {mode}:constant")
+        return mode, arg
     try:
-        ok = kind(arg) >= 0
+        value = kind(arg)
     except ValueError:
-        ok = False
-    return None if ok else f"use {mode}:N with a non-negative {kind.__name__} N"
+        value = None
+    if value is None or not value >= 0:  # also refuses nan
+        raise ValueError(f"use {mode}:N with a non-negative {kind.__name__} N")
+    return mode, value
 
 
 def recipe_setup(setup: D.Setup, recipe: str) -> D.Setup:
@@ -253,16 +265,16 @@ class Experiment:
         if (row := self.done(key)) is not None:
             return row
         rela = store is not None
-        mode, _, arg = variant.partition(":")
+        mode, value = parse_variant(variant)
         handover = "constant" if mode == "constant" else "adaptive"
         if mode == "lr":  # the learning rate at the switch: a constant schedule instead of the cosine decay
-            recipe_kw = {"schedule": arg}
+            recipe_kw = {"schedule": value}
         else:
             recipe_kw = {}
         spec = D.RunSpec(key, budget, rela, prior=prior, seed=seed, handover=handover,
-                         lambda_const=float(arg) if mode == "constant" else 0.5,
-                         soft_steps=int(arg) if mode == "soft" else 0, floor=float(arg) if mode == "floor" else 0.0,
-                         warm_heads=int(arg) if mode == "warmheads" else 0,
+                         lambda_const=value if mode == "constant" else 0.5,
+                         soft_steps=value if mode == "soft" else 0, floor=value if mode == "floor" else 0.0,
+                         warm_heads=value if mode == "warmheads" else 0,
                          method=method, policy=policy)
         if key == self.key("byol", "default", "-", 1.0, 0):
             run_dir = self.out / "work" / "run-byol-100-s0"  # kept: the 'byol' prior loads it as run:DIR
