@@ -63,6 +63,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="the default recipe's (authors: their own 1e-3)")
     p.add_argument("--probe-train", type=int, default=10000)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="skip the seeds below this one (two processes can split the seeds)")
     p.add_argument("--priors", default="random,lite0,byol")
     p.add_argument("--lite-size", type=int, default=32)
     p.add_argument("--recipes", default="authors,default", help="comma list of authors, default (run in that order)")
@@ -303,7 +305,7 @@ class Experiment:
         recipes = [r for r in a.recipes.split(",") if r]
         if want("baselines"):
             self.baselines()
-        for seed in range(a.seeds):  # complete seeds one after the other: a partial result has every row
+        for seed in range(a.first_seed, a.seeds):  # complete seeds one after the other: a partial result has every row
             for recipe in recipes:
                 if want("byol"):
                     for b in BYOL_BUDGETS:
@@ -505,28 +507,36 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def reproduce_args(exp: Experiment) -> list[str]:
-    """The one invocation that runs every row this folder holds: its settings, the seeds, recipes and variants
-    found in ``runs/`` (whatever partial commands produced them)."""
+def reproduce_commands(exp: Experiment) -> list[list[str]]:
+    """The invocations that run exactly the row groups this folder holds (whatever partial commands produced
+    them): one for the main rows, one per set of variants sharing prior(s), recipe and seeds, then the report."""
     a, rows = exp.args, [r for r in exp.rows() if "recipe" in r]  # the training runs
     out = a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out
-    args = ["--out", str(out)]
-    defaults = parse([])
+    common, defaults = ["--out", str(out)], parse([])
     for name in ("data", "arch", "train_images", "epochs", "batch_size", "lr", "probe_train", "priors",
                  "lite_size", "threads"):
         if getattr(a, name) != getattr(defaults, name):
-            args += [f"--{name.replace('_', '-')}", str(getattr(a, name))]
-    args += ["--seeds", str(max([r["seed"] for r in rows], default=0) + 1)]
-    args += ["--recipes", ",".join(sorted({r["recipe"] for r in rows} | {"default"}))]
-    variants = sorted({r["variant"] for r in rows if r.get("variant")})
-    if variants:
-        first = next(r for r in rows if r.get("variant"))
-        priors = sorted({r["prior"] for r in rows if r.get("variant")})
-        args += ["--variants", ",".join(variants), "--variant-prior", ",".join(priors)]
-        args += ["--variant-recipe", first["recipe"]] if first["recipe"] != "default" else []
-        seeds = max(r["seed"] for r in rows if r.get("variant")) + 1
-        args += ["--variant-seeds", str(seeds)] if seeds > 1 else []
-    return args
+            common += [f"--{name.replace('_', '-')}", str(getattr(a, name))]
+    plain = [r for r in rows if not r.get("variant")]
+    ib = [r for r in plain if r.get("policy") == "infobatch"]
+    grid = [r for r in plain if r.get("policy") != "infobatch" and r["budget"] in (*BYOL_BUDGETS, *RELA_BUDGETS)]
+    only = ["baselines", *sorted({r["row"] for r in grid}), *(["infobatch"] if ib else [])]
+    main = common + ["--seeds", str(max([r["seed"] for r in plain], default=0) + 1), "--recipes",
+                     ",".join(sorted({r["recipe"] for r in plain} | {"default"})), "--only", ",".join(only)]
+    if ib:
+        main += ["--infobatch-arms", ",".join(sorted({"byol" if r["prior"] is None else "rela" for r in ib}))]
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("variant"):
+            runs.setdefault(r["variant"], []).append(r)
+    groups: dict[tuple, list[str]] = {}  # (priors, recipe, seeds) -> variants
+    for var, rs in sorted(runs.items()):
+        key = (",".join(sorted({r["prior"] for r in rs})), rs[0]["recipe"], max(r["seed"] for r in rs) + 1)
+        groups.setdefault(key, []).append(var)
+    variant_cmds = [common + ["--seeds", str(n), "--only", "variants", "--variants", ",".join(vs),
+                              "--variant-prior", priors, "--variant-recipe", recipe, "--variant-seeds", str(n)]
+                    for (priors, recipe, n), vs in groups.items()]
+    return [main, *variant_cmds, common + ["--report"]]
 
 
 def report(exp: Experiment) -> None:
@@ -543,10 +553,11 @@ def report(exp: Experiment) -> None:
             f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/summary.json`.")
     (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n")
     plot(summary, out / "plot.png")
-    cmd = " ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *reproduce_args(exp)])
+    cmds = "\n".join(" ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *args])
+                      for args in reproduce_commands(exp))
     (out / "commands.txt").write_text(f"# reproduce every row (from the repository root, in the project's venv; "
-                                      f"finished runs are skipped, so it can be run in parts):\n{cmd}\n"
-                                      f"{cmd} --report\n# machine: {summary['machine']}\n")
+                                      f"finished runs are skipped, so it can be run in parts):\n{cmds}\n"
+                                      f"# machine: {summary['machine']}\n")
     print(table(summary))
 
 

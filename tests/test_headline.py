@@ -68,3 +68,45 @@ def test_headline_accepts_every_documented_variant():
     args = _headline().parse(["--variants", "soft:500,floor:0.1,lr:constant,retarget,warmheads:200,constant:1.0",
                               "--variant-seeds", "3"])
     assert args.variant_seeds == 3
+
+
+def test_commands_txt_reruns_exactly_the_row_groups_the_folder_holds(tmp_path):
+    """A variant run with one seed must not be reproduced with another variant's three seeds, and a folder
+    without InfoBatch rows must not be told to train them."""
+    headline = _headline()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def run(row, prior, budget, seed, variant=None, policy="random"):
+        r = {"row": row, "rela": row == "rela", "prior": prior, "recipe": "authors", "budget": budget, "seed": seed,
+             "variant": variant, "policy": policy}
+        (runs / f"{row}-{prior}-{budget}-{seed}-{variant}-{policy}.json").write_text(json.dumps(r))
+
+    for seed in range(3):
+        run("byol", None, 1.0, seed)
+        run("rela", "lite0", 0.5, seed, "warmheads:200")
+        run("rela", "random", 0.5, seed, "warmheads:200")
+    run("rela", "lite0", 0.5, 0, "constant:1.0")
+    args = headline.parse(["--out", str(tmp_path), "--epochs", "15"])
+    main, *variants, rep = headline.reproduce_commands(headline.Experiment(args))
+    common = ["--out", str(tmp_path), "--epochs", "15"]
+    assert main == common + ["--seeds", "3", "--recipes", "authors,default", "--only", "baselines,byol"]
+    assert sorted(variants) == sorted([
+        common + ["--seeds", "1", "--only", "variants", "--variants", "constant:1.0", "--variant-prior", "lite0",
+                  "--variant-recipe", "authors", "--variant-seeds", "1"],
+        common + ["--seeds", "3", "--only", "variants", "--variants", "warmheads:200", "--variant-prior",
+                  "lite0,random", "--variant-recipe", "authors", "--variant-seeds", "3"]])
+    assert rep == common + ["--report"]
+    for cmd in (main, *variants):
+        headline.parse(cmd)  # every printed command is one parse() accepts
+
+
+def test_first_seed_lets_two_processes_split_the_seeds(tmp_path, monkeypatch):
+    headline = _headline()
+    calls = []
+    monkeypatch.setattr(headline.Experiment, "train", lambda self, *a, **k: calls.append(a))
+    args = headline.parse(["--out", str(tmp_path), "--only", "byol", "--recipes", "default", "--seeds", "3",
+                           "--first-seed", "2"])
+    headline.Experiment(args).run()
+    assert calls and {c[5] for c in calls} == {2}  # train(method, recipe, store, prior, budget, seed, ...)
+    assert sorted(c[4] for c in calls) == sorted(headline.SEEDED["byol"])
