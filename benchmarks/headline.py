@@ -83,6 +83,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true", help="only rewrite summary.json, table.md and plot.png")
     args = p.parse_args(argv)
+    if not 0 <= args.first_seed < args.seeds:
+        p.error(f"--first-seed {args.first_seed}: use a seed in 0..{args.seeds - 1} (below --seeds {args.seeds})")
     unknown = set(args.infobatch_arms.split(",")) - {"byol", "rela"}
     if unknown:
         p.error(f"--infobatch-arms {args.infobatch_arms}: use a comma list of byol, rela "

@@ -110,3 +110,10 @@ def test_first_seed_lets_two_processes_split_the_seeds(tmp_path, monkeypatch):
     headline.Experiment(args).run()
     assert calls and {c[5] for c in calls} == {2}  # train(method, recipe, store, prior, budget, seed, ...)
     assert sorted(c[4] for c in calls) == sorted(headline.SEEDED["byol"])
+
+
+@pytest.mark.parametrize("first", ["-1", "3"])
+def test_headline_refuses_a_first_seed_outside_the_seeds(first, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _headline().parse(["--seeds", "3", "--first-seed", first])
+    assert exc.value.code == 2 and f"error: --first-seed {first}:" in capsys.readouterr().err
