@@ -1,4 +1,5 @@
-"""README sections from committed results: "Performance" (benchmark ratios) and "Results" (the headline).
+"""README sections from committed results: "Performance" (benchmark ratios), "Results" (the headline), and
+the short summary (:mod:`rela_fast.bench.summary`).
 
 Every figure carries its command and the machine it ran on:
 
@@ -9,6 +10,10 @@ Every figure carries its command and the machine it ran on:
   its ``table.md`` (mean +- std over seeds, plus the claim checks), its plot and its ``commands.txt``.
 
 Paths in the text are relative to ``base`` (the README's folder when splicing), so links and images resolve.
+
+A file names what it wants by its markers: the full sections go between :data:`START` and :data:`END`
+(``benchmarks/results/README.md``), the summary between :data:`SUMMARY_START` and :data:`SUMMARY_END` (the
+top-level README); :func:`update_file` fills every pair a file holds.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from rela_fast.bench.results import load_results, machine_line, result_files
 from rela_fast.errors import UserError
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- report:summary:start -->", "<!-- report:summary:end -->"
 
 
 def performance_section(results_dir: Path, base: Path | None = None) -> str:
@@ -81,27 +87,56 @@ def report_text(results_dir: Path, section: str = "all", base: Path | None = Non
     return "\n".join(parts)
 
 
-def splice_readme(readme: Path, text: str) -> None:
-    """Replace what stands between the START and END markers of ``readme`` with ``text``, atomically.
+def summary_text(results_dir: Path, base: Path | None = None) -> str:
+    """The short summary (claim and speed tables) for a README in ``base``."""
+    from rela_fast.bench.summary import summary_section
 
-    The rest of the file is kept byte for byte; a file without exactly one START before one END is left
-    untouched and reported as a UserError.
+    full = _rel(Path(results_dir) / "README.md", base)
+    return summary_section(results_dir, lambda p: _rel(p, base), full)
+
+
+def update_file(readme: Path, results_dir: Path) -> list[str]:
+    """Fill every marked block of ``readme`` (paths relative to its folder); returns what was written.
+
+    A file with neither marker pair is left untouched and reported as a UserError.
     """
+    try:
+        doc = Path(readme).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{readme}: cannot read it as text ({exc}); pass the README.md to update") from None
+    base, done = Path(readme).resolve().parent, []
+    if SUMMARY_START in doc or SUMMARY_END in doc:
+        splice_readme(readme, summary_text(results_dir, base), (SUMMARY_START, SUMMARY_END))
+        done.append("summary")
+    if START in doc or END in doc or not done:
+        splice_readme(readme, report_text(results_dir, "all", base))
+        done.append("performance and results")
+    return done
+
+
+def splice_readme(readme: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
+    """Replace what stands between the ``markers`` (START and END by default) of ``readme`` with ``text``,
+    atomically.
+
+    The rest of the file is kept byte for byte; a file without exactly one start marker before one end
+    marker is left untouched and reported as a UserError.
+    """
+    start, end = markers
     readme = Path(readme)
     try:
         doc = readme.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{readme}: cannot read it as text ({exc}); pass the README.md to update") from None
-    if doc.count(START) != 1 or doc.count(END) != 1 or doc.index(START) > doc.index(END):
-        raise UserError(f"{readme}: needs exactly one {START} followed by one {END}; add them around the "
+    if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
+        raise UserError(f"{readme}: needs exactly one {start} followed by one {end}; add them around the "
                         f"generated sections")
-    head, rest = doc.split(START)
-    _, tail = rest.split(END)
+    head, rest = doc.split(start)
+    _, tail = rest.split(end)
     target = readme.resolve()  # a symlinked README stays a symlink
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(f"{head}{START}\n{text.strip()}\n{END}{tail}")
+            f.write(f"{head}{start}\n{text.strip()}\n{end}{tail}")
         os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
     except BaseException:

@@ -28,12 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               description="Print the machine and the speed-up table of one results file.")
     report_p.add_argument("file", type=Path, help="a results JSON written by `rela-fast bench run`")
     report_p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
-    readme_p = sub.add_parser("readme", help="regenerate README's Performance and Results sections",
-                              description="Replace the text between <!-- report:start --> and <!-- report:end --> "
-                                          "in README with sections generated from benchmarks/results/.")
-    readme_p.add_argument("readme", type=Path, nargs="?", help="the README to update (omit with --print)")
+    readme_p = sub.add_parser("readme", help="regenerate the README sections made from benchmarks/results/",
+                              description="In each file, replace the text between <!-- report:start --> and "
+                                          "<!-- report:end --> with every table, and the text between "
+                                          "<!-- report:summary:start --> and <!-- report:summary:end --> with the "
+                                          "short summary, generated from benchmarks/results/.")
+    readme_p.add_argument("readme", type=Path, nargs="*",
+                          help="the files to update, e.g. README.md benchmarks/results/README.md (omit with --print)")
     readme_p.add_argument("--print", action="store_true", help="print the sections instead of updating a file")
-    readme_p.add_argument("--section", choices=("all", "performance", "results"), default="all")
+    readme_p.add_argument("--section", choices=("all", "performance", "results", "summary"), default="all")
     readme_p.add_argument("--results", type=Path, help="the results folder (default: <bench-dir>/results)")
     _bench_dir_argument(readme_p, "default: found from README's folder upward")
     # the old spellings, kept working: rela-fast bench [--suite S] [--list] [--out F] | --report FILE
@@ -100,22 +103,23 @@ def _print_table(results: dict, fmt: str) -> None:
 
 
 def _readme(args: argparse.Namespace) -> int:
-    from rela_fast.bench import find_bench_dir, report_text, splice_readme
+    from rela_fast.bench import find_bench_dir, report_text
+    from rela_fast.bench.readme import summary_text, update_file
     from rela_fast.errors import UserError
 
-    if (args.readme is None) == (not args.print):
-        raise UserError("give the README.md to update, or --print to print the sections")
-    if args.readme is not None and not args.readme.is_file():
-        raise UserError(f"{args.readme}: no such file; pass the README.md holding <!-- report:start -->")
-    start = args.readme.resolve().parent if args.readme is not None else None
+    if bool(args.readme) == args.print:
+        raise UserError("give the README.md files to update, or --print to print the sections")
+    for readme in args.readme:
+        if not readme.is_file():
+            raise UserError(f"{readme}: no such file; pass a README.md holding <!-- report:start --> or "
+                            "<!-- report:summary:start -->")
+    start = args.readme[0].resolve().parent if args.readme else None
     results = args.results or find_bench_dir(args.bench_dir, start) / "results"
     if not results.is_dir():
         raise UserError(f"--results {results}: no such folder; pass the benchmarks/results folder")
-    base = args.readme.resolve().parent if args.readme is not None else None
-    text = report_text(results, args.section, base)
-    if args.readme is None:
-        print(text)
+    if not args.readme:
+        print(summary_text(results) if args.section == "summary" else report_text(results, args.section))
         return 0
-    splice_readme(args.readme, text)
-    print(f"updated {args.readme}")
+    for readme in args.readme:
+        print(f"updated {readme} ({', '.join(update_file(readme, results))})")
     return 0
