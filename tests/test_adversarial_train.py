@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from rela_fast.errors import UserError
+from rela_fast.models import create_backbone, load_backbone, load_checkpoint
 from rela_fast.train import ReLATrainer
-from rela_fast.train.backbones import create_backbone
-from rela_fast.train.checkpoint import load_backbone, load_checkpoint, save_checkpoint
+from rela_fast.train.checkpoint import save_checkpoint
 
 N = 32
 
@@ -51,7 +51,7 @@ def _checkpoint(path, arch: dict, weights: dict | None = None):
     ({"arch": "convnet-4", "image_size": "16"}, ["image_size"]),
 ])
 def test_absurd_checkpoint_configs_are_refused_before_building(tmp_path, monkeypatch, arch, words):
-    import rela_fast.train.backbones as backbones
+    import rela_fast.models.backbones as backbones
 
     def never(*args, **kwargs):
         raise AssertionError("a model was built from an unchecked config")

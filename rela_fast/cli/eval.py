@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rela_fast.cli.validate import check_device
     from rela_fast.eval import linear_probe
-    from rela_fast.train.checkpoint import load_backbone
+    from rela_fast.models import load_backbone
     from rela_fast.train.metrics import MetricsLog, plot_metrics, read_metrics
 
     device = check_device(args.device)

@@ -216,7 +216,7 @@ def _from_torchscript(path, weights, overrides):
 
 def _from_run(path, weights, overrides):
     """A trained student: the backbone a ``rela-fast train`` run saved in ``checkpoint.pt``."""
-    from rela_fast.train.checkpoint import load_backbone
+    from rela_fast.models.checkpoint import load_backbone
 
     if weights is not None:
         raise UserError("weights: a run directory carries its own weights; drop --weights")

@@ -24,8 +24,9 @@ import torch
 
 from rela_fast.data.limits import MAX_CLASSES
 from rela_fast.errors import UserError
+from rela_fast.models.checkpoint import MAX_IMAGE_SIZE
 from rela_fast.runlock import RUN_MARKER, RunLock
-from rela_fast.train.checkpoint import MAX_IMAGE_SIZE, remove_stale_tmp
+from rela_fast.train.checkpoint import remove_stale_tmp
 
 _CHUNK_ROWS = 1 << 16
 
