@@ -15,7 +15,10 @@ Rows (ISSUE "The claim, measured where the baseline learns"): the pixel probe, t
 prior's own targets, supervised cross-entropy at 100 % (the label ceiling), BYOL at 100/50/20/10 %, ReLA-BYOL at
 50/20/10 % with the priors ``random`` (random init of the student's architecture), ``lite0``
 (efficientnet_lite0) and ``byol`` (the seed-0 BYOL 100 % student, loaded as ``run:DIR``: the auxiliary
-gift); each under ``--recipes`` (``default`` and/or ``authors``); ``--variants`` adds hand-over variants.
+gift); each under ``--recipes`` (``default`` and/or ``authors``); ``--variants`` adds hand-over variants (at
+``--variant-budgets``, 50 % unless told). ``--every-seed`` gives every seed to the ReLA rows picked by ``--priors``
+and ``--rela-budgets`` (e.g. Lite0 at 10 % under the default recipe), which the main grid seeds only for the random
+and the best prior at 50 and 20 %.
 
 Probe (ALGORITHM.md): frozen features, z-scored, a linear layer, Adam 3e-4, 100 epochs, mean of the last 3
 epochs' test accuracy; trained on ``--probe-train`` train images, tested on all 10,000 test images. A ReLA
@@ -66,6 +69,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--first-seed", type=int, default=0,
                    help="skip the seeds below this one (two processes can split the seeds)")
     p.add_argument("--priors", default="random,lite0,byol")
+    p.add_argument("--rela-budgets", default="0.5,0.2,0.1", help="the budgets of the rela group, comma list")
+    p.add_argument("--every-seed", action="store_true",
+                   help="every ReLA row picked gets every seed (by default only the random and the best prior at "
+                        "50 and 20 %%): completes the seeds of one prior, e.g. --priors lite0 --rela-budgets 0.1")
     p.add_argument("--lite-size", type=int, default=32)
     p.add_argument("--recipes", default="authors,default", help="comma list of authors, default (run in that order)")
     p.add_argument("--variants", default="", help="hand-over variants for ReLA 50 %% of the best prior: soft:N "
@@ -76,6 +83,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--variant-recipe", default="default", choices=("default", "authors"),
                    help="recipe of the variant runs")
     p.add_argument("--variant-seeds", type=int, default=1, help="seeds of the variant runs (at most --seeds)")
+    p.add_argument("--variant-budgets", default="0.5", help="budgets of the variant runs, comma list")
     p.add_argument("--only", default="",
                    help="comma list of row groups: baselines, byol, rela, supervised, variants, infobatch")
     p.add_argument("--infobatch-arms", default="byol,rela",
@@ -89,12 +97,38 @@ def parse(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"--infobatch-arms {args.infobatch_arms}: use a comma list of byol, rela "
                 f"(not {', '.join(sorted(unknown))})")
+    for name in ("rela_budgets", "variant_budgets"):
+        try:
+            setattr(args, name, parse_budgets(getattr(args, name)))
+        except ValueError as why:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: {why}")
     for variant in [v for v in args.variants.split(",") if v]:
         try:
             parse_variant(variant)
         except ValueError as why:
             p.error(f"--variants {variant}: {why}")
     return args
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """The budgets of a comma list ("0.5,0.2"), each a fraction of the full run's steps in (0, 1]; ValueError
+    saying what to write instead (parse() turns it into a one-line usage error)."""
+    try:
+        budgets = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        budgets = ()
+    if not budgets or not all(0 < b <= 1 for b in budgets):
+        raise ValueError("use a comma list of fractions in (0, 1], e.g. 0.5,0.2")
+    return budgets
+
+
+def shown(out: Path) -> str:
+    """``out`` as a reader re-runs it from the repository root: relative to this checkout, or, for a folder in
+    another checkout (experiments run from a frozen worktree write into the main one), from its ``benchmarks``."""
+    if out.is_relative_to(ROOT):
+        return str(out.relative_to(ROOT))
+    parts = out.parts
+    return str(Path(*parts[parts.index("benchmarks"):])) if "benchmarks" in parts else str(out)
 
 
 VARIANT_ARGS = {"soft": int, "warmheads": int, "floor": float, "constant": float, "lr": str, "retarget": None}
@@ -316,8 +350,9 @@ class Experiment:
                 if want("rela"):
                     for prior in [p for p in a.priors.split(",") if p]:
                         store, conv_s = self.conversion(prior)
-                        for b in RELA_BUDGETS:
-                            if seed == 0 or (b in SEEDED["rela"] and prior in ("random", self.best_prior(recipe))):
+                        for b in a.rela_budgets:
+                            if seed == 0 or a.every_seed or (b in SEEDED["rela"]
+                                                             and prior in ("random", self.best_prior(recipe))):
                                 self.train("byol", recipe, store, prior, b, seed, conv_s)
             if seed == 0 and want("supervised"):
                 self.train("supervised", "default", None, "-", 1.0, 0)
@@ -327,7 +362,8 @@ class Experiment:
                 for prior in (a.variant_prior or self.best_prior(a.variant_recipe)).split(","):
                     for var in [v for v in a.variants.split(",") if v]:
                         store, conv_s = self.conversion(prior)
-                        self.train("byol", a.variant_recipe, store, prior, 0.5, seed, conv_s, variant=var)
+                        for b in a.variant_budgets:
+                            self.train("byol", a.variant_recipe, store, prior, b, seed, conv_s, variant=var)
 
     def infobatch_vs_random(self, seed: int) -> None:
         """InfoBatch as published at full budget vs a random subset of the same size (ISSUE "Score-based
@@ -511,10 +547,10 @@ def plot(summary: dict, path: Path) -> None:
 
 def reproduce_commands(exp: Experiment) -> list[list[str]]:
     """The invocations that run exactly the row groups this folder holds (whatever partial commands produced
-    them): one for the main rows, one per set of variants sharing prior(s), recipe and seeds, then the report."""
+    them): one for the main rows, one per prior whose ReLA rows got extra seeds (``--every-seed``), one per set
+    of variants sharing prior(s), recipe, seeds and budgets, then the report."""
     a, rows = exp.args, [r for r in exp.rows() if "recipe" in r]  # the training runs
-    out = a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out
-    common, defaults = ["--out", str(out)], parse([])
+    common, defaults = ["--out", shown(a.out)], parse([])
     for name in ("data", "arch", "train_images", "epochs", "batch_size", "lr", "probe_train", "priors",
                  "lite_size", "threads"):
         if getattr(a, name) != getattr(defaults, name):
@@ -527,18 +563,41 @@ def reproduce_commands(exp: Experiment) -> list[list[str]]:
                      ",".join(sorted({r["recipe"] for r in plain} | {"default"})), "--only", ",".join(only)]
     if ib:
         main += ["--infobatch-arms", ",".join(sorted({"byol" if r["prior"] is None else "rela" for r in ib}))]
-    runs: dict[str, list[dict]] = {}
+    return [main, *_extra_seed_commands(exp, grid, common), *_variant_commands(rows, common), common + ["--report"]]
+
+
+def _budgets(rows: list[dict]) -> str:
+    return ",".join(f"{b:g}" for b in sorted({r["budget"] for r in rows}, reverse=True))
+
+
+def _extra_seed_commands(exp: Experiment, grid: list[dict], common: list[str]) -> list[list[str]]:
+    """Commands for the ReLA rows with seeds beyond the main rule (random and best prior at 50 / 20 %)."""
+    extra: dict[tuple, list[dict]] = {}  # (recipe, prior, budget) -> its runs
+    for r in grid:
+        if r["row"] == "rela" and r["seed"] > 0 and not (
+                r["budget"] in SEEDED["rela"] and r["prior"] in ("random", exp.best_prior(r["recipe"]))):
+            extra.setdefault((r["recipe"], r["prior"], r["budget"]), []).append(r)
+    groups: dict[tuple, list[dict]] = {}  # (recipe, prior, seeds) -> runs of every budget
+    for (recipe, prior, _), rs in extra.items():
+        groups.setdefault((recipe, prior, max(r["seed"] for r in rs) + 1), []).extend(rs)
+    return [common + ["--seeds", str(n), "--recipes", recipe, "--only", "rela", "--priors", prior,
+                      "--rela-budgets", _budgets(rs), "--every-seed"]
+            for (recipe, prior, n), rs in sorted(groups.items())]
+
+
+def _variant_commands(rows: list[dict], common: list[str]) -> list[list[str]]:
+    runs: dict[tuple, list[dict]] = {}  # (variant, recipe) -> its runs
     for r in rows:
         if r.get("variant"):
-            runs.setdefault(r["variant"], []).append(r)
-    groups: dict[tuple, list[str]] = {}  # (priors, recipe, seeds) -> variants
-    for var, rs in sorted(runs.items()):
-        key = (",".join(sorted({r["prior"] for r in rs})), rs[0]["recipe"], max(r["seed"] for r in rs) + 1)
+            runs.setdefault((r["variant"], r["recipe"]), []).append(r)
+    groups: dict[tuple, list[str]] = {}  # (priors, recipe, seeds, budgets) -> variants
+    for (var, recipe), rs in sorted(runs.items()):
+        key = (",".join(sorted({r["prior"] for r in rs})), recipe, max(r["seed"] for r in rs) + 1, _budgets(rs))
         groups.setdefault(key, []).append(var)
-    variant_cmds = [common + ["--seeds", str(n), "--only", "variants", "--variants", ",".join(vs),
-                              "--variant-prior", priors, "--variant-recipe", recipe, "--variant-seeds", str(n)]
-                    for (priors, recipe, n), vs in groups.items()]
-    return [main, *variant_cmds, common + ["--report"]]
+    return [common + ["--seeds", str(n), "--only", "variants", "--variants", ",".join(vs),
+                      "--variant-prior", priors, "--variant-recipe", recipe, "--variant-seeds", str(n)]
+            + ([] if budgets == "0.5" else ["--variant-budgets", budgets])
+            for (priors, recipe, n, budgets), vs in groups.items()]
 
 
 def report(exp: Experiment) -> None:
@@ -552,7 +611,7 @@ def report(exp: Experiment) -> None:
             "`byol` prior (it is the BYOL 100 % seed-0 run itself: add that row's wall time for a fair cost). Wall "
             "times come from 2 CPU cores shared by 1-4 concurrent runs and other jobs: indicative; steps are exact. "
             "Machine-readable: "
-            f"`{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}/summary.json`.")
+            f"`{shown(out)}/summary.json`.")
     (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n")
     plot(summary, out / "plot.png")
     cmds = "\n".join(" ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *args])

@@ -117,3 +117,84 @@ def test_headline_refuses_a_first_seed_outside_the_seeds(first, capsys):
     with pytest.raises(SystemExit) as exc:
         _headline().parse(["--seeds", "3", "--first-seed", first])
     assert exc.value.code == 2 and f"error: --first-seed {first}:" in capsys.readouterr().err
+
+
+def _fake_rows(runs: Path, rows: list[tuple]) -> None:
+    """One run file per (row, prior, recipe, budget, seed, variant): what reproduce_commands() reads."""
+    for row, prior, recipe, budget, seed, variant in rows:
+        r = {"row": row, "rela": row == "rela", "prior": prior, "recipe": recipe, "budget": budget, "seed": seed,
+             "variant": variant, "policy": "random", "acc": 0.8 if prior == "byol" else 0.7}
+        (runs / f"{row}-{prior}-{recipe}-{budget}-{seed}-{variant}.json").write_text(json.dumps(r))
+
+
+def test_commands_txt_reruns_extra_seeds_and_variant_budgets(tmp_path):
+    """Lite0's extra seeds at 10 / 20 % (not the best prior) and a variant at 50 and 20 % under two recipes each
+    get a command that trains exactly those rows, and every command parses."""
+    headline = _headline()
+    (runs := tmp_path / "runs").mkdir()
+    rows = [("byol", None, "default", 1.0, s, None) for s in range(3)]
+    rows += [("rela", "byol", "default", 0.5, s, None) for s in range(3)]  # the best prior: main grid
+    rows += [("rela", "lite0", "default", b, s, None) for b in (0.2, 0.1) for s in range(3)]
+    rows += [("rela", "lite0", "default", b, s, "warmheads:200") for b in (0.5, 0.2) for s in range(3)]
+    rows += [("rela", "lite0", "authors", 0.5, s, "warmheads:200") for s in range(2)]
+    _fake_rows(runs, rows)
+    args = headline.parse(["--out", str(tmp_path)])
+    main, *extra, rep = headline.reproduce_commands(headline.Experiment(args))
+    common = ["--out", str(tmp_path)]
+    assert main == common + ["--seeds", "3", "--recipes", "default", "--only", "baselines,byol,rela"]
+    assert sorted(extra) == sorted([
+        common + ["--seeds", "3", "--recipes", "default", "--only", "rela", "--priors", "lite0",
+                  "--rela-budgets", "0.2,0.1", "--every-seed"],
+        common + ["--seeds", "3", "--only", "variants", "--variants", "warmheads:200", "--variant-prior", "lite0",
+                  "--variant-recipe", "default", "--variant-seeds", "3", "--variant-budgets", "0.5,0.2"],
+        common + ["--seeds", "2", "--only", "variants", "--variants", "warmheads:200", "--variant-prior", "lite0",
+                  "--variant-recipe", "authors", "--variant-seeds", "2"]])
+    for cmd in (main, *extra):
+        headline.parse(cmd)
+
+
+def _calls(headline, tmp_path, monkeypatch, argv):
+    """The (recipe, prior, budget, seed, variant) of every train() that run() asks for, trained by nothing."""
+    calls = []
+    monkeypatch.setattr(headline.Experiment, "train", lambda self, method, recipe, store, prior, budget, seed, conv_s=0,
+                        variant="", **k: calls.append((recipe, prior, budget, seed, variant)))
+    monkeypatch.setattr(headline.Experiment, "conversion", lambda self, prior: (object(), 1.0))
+    headline.Experiment(headline.parse(["--out", str(tmp_path), *argv])).run()
+    return calls
+
+
+def test_every_seed_and_rela_budgets_complete_one_prior(tmp_path, monkeypatch):
+    headline = _headline()
+    calls = _calls(headline, tmp_path, monkeypatch, ["--only", "rela", "--recipes", "default", "--priors", "lite0",
+                                                     "--rela-budgets", "0.1", "--every-seed", "--first-seed", "1"])
+    assert calls == [("default", "lite0", 0.1, 1, ""), ("default", "lite0", 0.1, 2, "")]
+    # without --every-seed lite0 (not the best prior once byol leads) gets seed 0 only
+    _fake_rows(tmp_path / "runs", [("rela", "byol", "default", 0.5, 0, None), ("rela", "lite0", "default", 0.5, 0,
+                                                                                 None)])
+    calls = _calls(headline, tmp_path, monkeypatch, ["--only", "rela", "--recipes", "default", "--priors", "lite0"])
+    assert calls == [("default", "lite0", b, 0, "") for b in (0.5, 0.2, 0.1)]
+
+
+def test_variant_budgets_run_each_variant_at_each_budget(tmp_path, monkeypatch):
+    headline = _headline()
+    calls = _calls(headline, tmp_path, monkeypatch, ["--only", "variants", "--variants", "warmheads:200",
+                                                     "--variant-prior", "lite0", "--variant-seeds", "2",
+                                                     "--variant-budgets", "0.2"])
+    assert calls == [("default", "lite0", 0.2, s, "warmheads:200") for s in (0, 1)]
+    assert _calls(headline, tmp_path, monkeypatch, ["--only", "variants", "--variants", "soft:5", "--variant-prior",
+                                                    "lite0"]) == [("default", "lite0", 0.5, 0, "soft:5")]
+
+
+@pytest.mark.parametrize("flag", ["--rela-budgets", "--variant-budgets"])
+@pytest.mark.parametrize("bad", ["0", "1.5", "half", ","])
+def test_headline_refuses_a_budget_outside_0_1(flag, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _headline().parse([flag, bad])
+    assert exc.value.code == 2 and f"error: {flag} {bad}:" in capsys.readouterr().err
+
+
+def test_shown_paths_are_relative_to_the_repository_that_holds_them(tmp_path):
+    headline = _headline()
+    assert headline.shown(headline.ROOT / "benchmarks/results/x") == "benchmarks/results/x"
+    assert headline.shown(tmp_path / "other" / "benchmarks" / "results" / "x") == "benchmarks/results/x"
+    assert headline.shown(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
