@@ -1,5 +1,6 @@
-"""README's Python examples run as written: each ```python block, in order, in one namespace, on a small IDX
-folder made here (the only edits: the data path, the store folder, and the epochs/batch sizes)."""
+"""The documentation's Python examples run as written: each ```python block of README.md, then of docs/*.md (by
+name), in order, in one namespace, on a small IDX folder made here (the only edits: the data path, the store
+folder, and the epochs/batch sizes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -27,15 +30,19 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     data.mkdir()
     _idx(data / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (256, 28, 28)))
     _idx(data / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 256))
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 3
     edits = [("/usr/share/datasets/fashion-mnist", str(data)), ('"fmnist-targets"', repr(str(tmp_path / "store"))),
              ("epochs, batch = 10, 256", "epochs, batch = 2, 32"), ("epochs=10", "epochs=1, batch_size=32"),
              ("hidden_dim=512, proj_dim=128", "hidden_dim=32, proj_dim=16")]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    for block in blocks:
-        for old, new in edits:
-            block = block.replace(old, new)
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own documentation
+    counts = {}
+    for doc in DOCS:
+        blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+        counts[doc.name] = len(blocks)
+        for block in blocks:
+            for old, new in edits:
+                block = block.replace(old, new)
+            exec(compile(block, str(doc), "exec"), namespace)  # noqa: S102 - our own documentation
+    assert counts["README.md"] >= 2, counts
+    # README's trainer example trained; docs/USAGE.md's own loop ("Your own loop") took steps
     assert namespace["result"].steps > 0 and namespace["step"] > 0
