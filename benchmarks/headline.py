@@ -20,7 +20,7 @@ gift); each under ``--recipes`` (``default`` and/or ``authors``); ``--variants``
 and ``--rela-budgets`` (e.g. Lite0 at 10 % under the default recipe), which the main grid seeds only for the random
 and the best prior at 50 and 20 %.
 
-Probe (ALGORITHM.md): frozen features, z-scored, a linear layer, Adam 3e-4, 100 epochs, mean of the last 3
+Probe (docs/ALGORITHM.md): frozen features, z-scored, a linear layer, Adam 3e-4, 100 epochs, mean of the last 3
 epochs' test accuracy; trained on ``--probe-train`` train images, tested on all 10,000 test images. A ReLA
 run's wall time includes its prior's whole conversion. ``summary.json`` holds the machine-readable result.
 """
@@ -606,7 +606,7 @@ def report(exp: Experiment) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     a = exp.args
     head = (f"Fashion-MNIST, all 60,000 train images; student {a.arch} at 28 px; {a.epochs} epochs at batch "
-            f"{a.batch_size} at full budget; probe per ALGORITHM.md on {a.probe_train} train / 10,000 test images "
+            f"{a.batch_size} at full budget; probe (docs/ALGORITHM.md): {a.probe_train} train / 10,000 test images "
             "(z-scored features). ReLA wall time includes the prior's whole conversion, but not the training of the "
             "`byol` prior (it is the BYOL 100 % seed-0 run itself: add that row's wall time for a fair cost). Wall "
             "times come from 2 CPU cores shared by 1-4 concurrent runs and other jobs: indicative; steps are exact. "

@@ -4,7 +4,7 @@
 files) -> ReLA-D conversion of a random subset of the train split with a prior (an ordinary target store of
 that folder: ``rela-fast train FOLDER --targets OUT/targets`` reads it) -> BYOL at full budget and ReLA-BYOL
 at 50 % and 20 % budget through the public :class:`~rela_fast.ReLATrainer`, with a
-:class:`~rela_fast.train.ProbeCallback` for the curves -> a linear probe (ALGORITHM.md "Evaluation": Adam lr
+:class:`~rela_fast.train.ProbeCallback` for the curves -> a linear probe (docs/ALGORITHM.md#probe-protocol: Adam lr
 3e-4, 100 epochs on cached z-scored features, mean of the last three epochs' test accuracy) -> a table and a
 plot against optimisation steps and wall time (ReLA runs include the conversion), next to the baselines a
 sceptic asks for first: a linear probe on the raw pixels, the untrained student, and the prior's own targets.

@@ -1,4 +1,4 @@
-"""Streaming PCA for ReLA-D (ALGORITHM.md, ReLA-D steps 3-4), one pass over the features.
+"""Streaming PCA for ReLA-D (docs/ALGORITHM.md#pca and #standardisation), one pass over the features.
 
 Features stream past in batches; :class:`StreamingPCA` keeps, on the features' device and in float64,
 the count, the mean and the centred scatter matrix ``M2 = sum (x - mean)(x - mean)^T`` (the Gram

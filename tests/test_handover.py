@@ -1,4 +1,4 @@
-"""The hand-over rule against hand-computed traces (ALGORITHM.md, "Hand-over rule")."""
+"""The hand-over rule against hand-computed traces (docs/ALGORITHM.md#hand-over-rule)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The authors' recipe (ALGORITHM.md): each point is its own trainer / CLI option, and `--recipe authors` groups
+"""The authors' recipe (docs/ALGORITHM.md): each point is its own trainer / CLI option, and `--recipe authors` groups
 them. Checked on a tiny real run: what the optimiser receives, the learning rates it used, BYOL's momentum,
 the batch; plus target truncation to min(F, d)."""
 

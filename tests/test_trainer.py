@@ -64,7 +64,7 @@ def test_rela_loss_falls_on_fashion_mnist(fmnist, store_dir, tmp_path):
     assert len(steps) == result.steps == 18 and all(r["phase"] == 1 for r in steps)
     rela = [r["rela_loss"] for r in steps]
     assert np.mean(rela[-4:]) < np.mean(rela[:3]) - 0.15, rela
-    # ALGORITHM.md: rho from the old fast/slow, first step exp(-1)
+    # docs/ALGORITHM.md#hand-over-rule: rho from the old fast/slow, first step exp(-1)
     assert steps[0]["rho"] == pytest.approx(np.exp(-1.0))
     assert all(r["method_loss"] is None for r in steps) and steps[-1]["online_acc"] is not None
     assert 0.99 < steps[0]["momentum"] < steps[-1]["momentum"] <= 1.0  # BYOL's hook runs in phase 1 too

@@ -1,4 +1,4 @@
-"""``rela-fast eval``: the linear probe (ALGORITHM.md, "Evaluation") of a trained run's backbone."""
+"""``rela-fast eval``: the linear probe (docs/ALGORITHM.md#probe-protocol) of a trained run's backbone."""
 
 from __future__ import annotations
 

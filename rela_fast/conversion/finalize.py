@@ -1,5 +1,5 @@
-"""Finalizer: per-shard moments -> PCA (ALGORITHM.md ReLA-D step 3) -> a pass gathering the projections'
-per-dimension moments -> a pass standardising them (step 4, population variance) into ``targets.npy`` of
+"""Finalizer: per-shard moments -> PCA (docs/ALGORITHM.md#pca) -> a pass gathering the projections'
+per-dimension moments -> a pass standardising them (population variance) into ``targets.npy`` of
 a new store, committed atomically (:class:`~rela_fast.targets.StoreWriter`). Shards are read one at a
 time (with one read ahead) and targets are written sequentially, so memory does not grow with N."""
 

@@ -50,7 +50,7 @@ def convert(
     num_threads: int | None = None,
     verify_content: bool = False,
 ) -> TargetStore:
-    """Convert ``src`` into a ReLA target store at ``out`` (ALGORITHM.md, ReLA-D) and return it opened.
+    """Convert ``src`` into a ReLA target store at ``out`` (docs/ALGORITHM.md#conversion-rela-d) and return it opened.
 
     ``src``: image folder, file list, webdataset tars, IDX folder, array/tensor, or a Source object.
     ``prior``: ``"timm:NAME"``, ``"torchscript:FILE"``, ``"run:DIR"`` (a ``rela-fast train`` run's
@@ -164,7 +164,7 @@ def dim_choice(asked: int | None, dim: int, width: int) -> str:
     """The line that says which target width d this conversion uses, and why."""
     if asked is not None:
         return f"d = {dim} (--dim; the prior's feature width is P = {width})"
-    return (f"d = {dim}: the prior's feature width P (no --dim); ALGORITHM.md uses d = min(F, P) for a student of "
+    return (f"d = {dim}: the prior's feature width P (no --dim); docs/ALGORITHM.md uses d = min(F, P) for a student of "
             f"width F, and `rela-fast train` keeps the first F columns of a wider store")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: the linear probe on frozen backbone features (ALGORITHM.md, "Evaluation")."""
+"""Evaluation: the linear probe on frozen backbone features (docs/ALGORITHM.md#probe-protocol)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Linear probe on frozen backbone features (ALGORITHM.md, "Evaluation", reference behaviour).
+"""Linear probe on frozen backbone features (docs/ALGORITHM.md#probe-protocol, reference behaviour).
 
 Features of the train and test splits are extracted once with the deterministic transform (shorter side
 to S, centre crop, ImageNet normalisation), in eval mode, on the device, and cached there; a linear

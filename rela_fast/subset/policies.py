@@ -32,7 +32,7 @@ Policy without a budget (the subset size is random; its saving is what it prunes
   of that size, slightly biased by the rounding), we flip a coin per sample (exactly unbiased, a pure
   function of the index); it scores unseen samples 3.0 inside the mean, we keep them out of it; it clamps
   1 - r to >= 0.1, we accept any r in [0, 1); it prunes up to epoch ``anneal x epochs`` inclusive, we
-  anneal from that epoch on (ALGORITHM.md's "from 0.875 of the epochs on").
+  anneal from that epoch on (docs/ALGORITHM.md#infobatch: from epoch ceil(0.875 x epochs) on).
 
 The means are taken in float64 on the scores' device (so CPU and GPU could only disagree on a score within
 ~1e-16 of the mean). With ``labels`` (class or cluster ids) every policy is stratified: the budget policies

@@ -14,7 +14,7 @@ produce the same output statistics on fixed images.
 
 Recipes (:func:`two_views`):
 
-* ``rela``: the milder ReLA phase-1 augmentation (ALGORITHM.md): RandomResizedCrop(0.5-1), flip, colour
+* ``rela``: the milder ReLA phase-1 augmentation (docs/ALGORITHM.md): RandomResizedCrop(0.5-1), flip, colour
   jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8, grayscale p = 0.2, ImageNet normalisation; same for both views.
 * ``byol``: BYOL's asymmetric pair: RandomResizedCrop(0.08-1), flip, jitter (0.4, 0.4, 0.2, 0.1) p = 0.8,
   grayscale 0.2; view 1 blur p = 1.0, no solarize; view 2 blur p = 0.1, solarize p = 0.2.

@@ -3,7 +3,7 @@
 * ``default``: rela_fast's choices: AdamW at lr 1e-3, transfer head trained jointly, cosine learning-rate
   decay, weight decay 1e-6 on weights only (not biases and norms), the method's own momentum schedule,
   batch 256 per process.
-* ``authors``: the authors' code (ALGORITHM.md, "The authors' training recipe"): AdamW at lr 1e-3, a
+* ``authors``: the authors' code (docs/ALGORITHM.md#recipes): AdamW at lr 1e-3, a
   frozen random transfer head (the optimiser never receives its parameters), a constant learning rate,
   weight decay 0.01 on every parameter, BYOL's target momentum fixed at 0.99, a global batch of 128.
 """
