@@ -70,8 +70,9 @@ class ShardAssembler:
     atomically as soon as it is complete and, in one process, feeds its moments to the ordered merge."""
 
     def __init__(self, inputs: ConversionInputs, plan: ShardPlan, mine: list[Shard], rank: int,
-                 merge: OrderedMerge | None, finished: set[int]) -> None:
+                 merge: OrderedMerge | None, finished: set[int], timing: Timing | None = None) -> None:
         self.inputs, self.plan, self.rank, self.merge, self.finished = inputs, plan, rank, merge, finished
+        self.timing = timing if timing is not None else Timing()
         self.device = inputs.device
         self.by_index = {s.index: s for s in mine}
         self.buffers: dict[int, _Buffer] = {}
@@ -127,11 +128,13 @@ class ShardAssembler:
                 raise RuntimeError("the decoder returned rows in an unexpected order; cannot place features")
             self._check_finite(rows, feats)
         shard = buf.shard
-        shard.write(feats.cpu().numpy(), rows, sorted(buf.failures), self.plan.digest(shard), self.rank)
+        with self.timing.stage("shard_write_s"):
+            shard.write(feats.cpu().numpy(), rows, sorted(buf.failures), self.plan.digest(shard), self.rank)
         if self.merge is not None:
-            self.merge.offer(shard.index, shard_moments(feats, self.device))
-            self.finished.add(shard.index)
-            self.merge.advance(self.finished)
+            with self.timing.stage("shard_moments_s"):
+                self.merge.offer(shard.index, shard_moments(feats, self.device))
+                self.finished.add(shard.index)
+                self.merge.advance(self.finished)
         del self.buffers[shard.index], buf, feats
         if self.device.type == "cpu":
             release_free_heap()  # flat memory over long runs (see its docstring)
@@ -160,7 +163,7 @@ class ShardEncoder:
     def run(self, mine: list[Shard], merge: OrderedMerge | None, finished: set[int], progress: bool, desc: str) -> int:
         from rela_fast.progress import progress_bar
 
-        shards = ShardAssembler(self.inputs, self.plan, mine, self.rank, merge, finished)
+        shards = ShardAssembler(self.inputs, self.plan, mine, self.rank, merge, finished, self.timing)
         encoder = self.build()
         kill_after = int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0)
         indices = np.concatenate([np.arange(s.start, s.stop, dtype=np.int64) for s in mine])

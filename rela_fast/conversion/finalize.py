@@ -59,15 +59,19 @@ class Finalizer:
         self.timing.finalize = time.perf_counter()
         infos = [s.info() for s in self.plan.shards]
         n = sum(info["count"] for info in infos)
-        result = fit_pca(moments, n, self.inputs)
-        t_moments = projection_moments(self.plan, result, self.inputs.device)
+        with self.timing.stage("pca_fit_s"):
+            result = fit_pca(moments, n, self.inputs)
+        with self.timing.stage("projection_pass_s"):
+            t_moments = projection_moments(self.plan, result, self.inputs.device)
         std = t_moments.population_std()
         degenerate = int((std <= 0).sum())
         std = torch.where(std > 0, std, torch.ones_like(std))
         writer = StoreWriter(self.settings.out)
         try:
-            rows, skipped = self._write_targets(writer, n, infos, result, t_moments.mean, std)
-            self._write_arrays(writer, rows, result, t_moments.mean, std)
+            with self.timing.stage("targets_pass_s"):
+                rows, skipped = self._write_targets(writer, n, infos, result, t_moments.mean, std)
+            with self.timing.stage("arrays_s"):
+                self._write_arrays(writer, rows, result, t_moments.mean, std)
             writer.json("skipped", skipped)
             writer.json("meta", self.meta(n, len(skipped), result, t_moments.mean, std, degenerate))
             return writer.commit()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rela_fast.conversion.report import Timing
 from rela_fast.conversion.settings import ConvertSettings
 from rela_fast.environment import resolve_device
 from rela_fast.errors import UserError
@@ -56,21 +57,25 @@ def decode_prefetch(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 2
 
 
-def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, labels: Any, world: int
-                ) -> ConversionInputs:
+def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, labels: Any, world: int,
+                timing: Timing | None = None) -> ConversionInputs:
     """Open the source, build the prior, resolve S and d (checked against P and N), make the decoder and
-    read every row's identity key (size + mtime, or the content hash with ``verify_content``)."""
+    read every row's identity key (size + mtime, or the content hash with ``verify_content``). ``timing``
+    receives the listing, prior and fingerprint stages."""
     from rela_fast.data import make_decoder, open_source
     from rela_fast.encoder import create_prior
 
+    timing = timing if timing is not None else Timing()
     is_source = hasattr(src, "fingerprint") and hasattr(src, "read") and hasattr(src, "paths")
-    source = src if is_source else open_source(src, labels=labels)
+    with timing.stage("listing_s"):
+        source = src if is_source else open_source(src, labels=labels)
     n_src = len(source)
     if n_src == 0:
         raise UserError(f"{src}: no images found; point SRC at a folder, list, tar or IDX file with images")
     _check_not_source(settings.out, source)
     device = resolve_device(settings.device, what="--device")
-    model, cfg = create_prior(prior, weights=weights)
+    with timing.stage("prior_s"):
+        model, cfg = create_prior(prior, weights=weights)
     size = settings.size if settings.size is not None else int(cfg.input_size)
     dim = int(cfg.feature_dim) if settings.dim is None else settings.dim
     if not 1 <= dim <= cfg.feature_dim:
@@ -83,10 +88,12 @@ def open_inputs(settings: ConvertSettings, src: Any, prior: Any, weights: Any, l
             f"--dim {dim}: PCA of {n_src} images has at most {n_src - 1} components; "
             f"use --dim {max(n_src - 1, 1)} or less, or convert more images"
         )
-    decoder = make_decoder(settings.decoder, size=size, device=device, num_threads=settings.num_threads,
-                           prefetch=decode_prefetch(device))
-    keys = entry_keys(source, settings.key_mode)
-    fingerprint = source_fingerprint(source, keys, settings.key_mode)
+    with timing.stage("prior_s"):
+        decoder = make_decoder(settings.decoder, size=size, device=device, num_threads=settings.num_threads,
+                               prefetch=decode_prefetch(device))
+    with timing.stage("fingerprint_s"):
+        keys = entry_keys(source, settings.key_mode)
+        fingerprint = source_fingerprint(source, keys, settings.key_mode)
     return ConversionInputs(source, model, cfg, device, size, dim, decoder, list(source.paths), keys, fingerprint)
 
 

@@ -10,24 +10,48 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+# The stages timed on every run (seconds, always on: a perf_counter pair per stage, per shard at most), so a
+# run's meta.json says where its time went and benchmarks/bench_scale.py can fit each stage's growth.
+STAGES = (
+    "listing_s",  # opening the source: listing the folder / indexing the tars / reading the IDX file
+    "prior_s",  # building the prior (create_prior) and the decoder
+    "fingerprint_s",  # every row's identity key and the source fingerprint
+    "reuse_check_s",  # opening an existing store and comparing it with the request (decide)
+    "prepare_s",  # the work folder: dropping stale shards, checking kept ones, plan.json
+    "encoder_build_s",  # building the fused encoder
+    "decode_wait_s",  # waiting for decoded batches (decode runs in threads, overlapped with encoding)
+    "encode_call_s",  # host time in encoder calls (on CUDA only launch time: the GPU runs asynchronously)
+    "shard_write_s",  # writing finished shards (features, rows, info) atomically
+    "shard_moments_s",  # per-shard PCA moments and their ordered merge (reading kept shards back on resume)
+    "pca_fit_s",  # the eigendecomposition
+    "projection_pass_s",  # pass 1 over the shards: the projections' per-dimension moments
+    "targets_pass_s",  # pass 2: standardised targets written in source order
+    "arrays_s",  # rows, labels, projection arrays and source.json (every row's path and key)
+)
+
 
 @dataclass
 class Timing:
-    """Wall-clock marks of the phases (perf_counter) plus rank 0's split of the decode + encode loop."""
+    """Wall-clock marks of the phases (perf_counter) plus rank 0's split into :data:`STAGES`."""
 
     start: float = field(default_factory=time.perf_counter)
     loop: float = 0.0
     encoded: float = 0.0
     finalize: float = 0.0
     processed: int = 0
-    # building the fused encoder, waiting for decoded batches (decode slower than encode when large),
-    # host time in encoder calls (on CUDA only launch time: the GPU runs asynchronously)
-    split: dict[str, float] = field(
-        default_factory=lambda: {"encoder_build_s": 0.0, "decode_wait_s": 0.0, "encode_call_s": 0.0}
-    )
+    split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def add(self, key: str, seconds: float) -> None:
         self.split[key] += seconds
+
+    @contextlib.contextmanager
+    def stage(self, key: str):
+        """Add the time spent inside the ``with`` block to stage ``key``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.split[key] += time.perf_counter() - t0
 
     def as_meta(self, end: float) -> dict[str, float | int]:
         """meta.json's ``timing``."""
