@@ -256,7 +256,9 @@ class Experiment:
 
     # -- conversions ----------------------------------------------------------------------------
     def conversion(self, prior: str):
-        """(store, seconds): the whole train split converted once per prior (reused on re-runs)."""
+        """(store, seconds): the whole train split converted once per prior (reused on re-runs). A store rebuilt
+        because ``work/`` was lost keeps the recorded seconds: every seed of a row then pays the same conversion
+        (the targets are the same), not one measured under whatever else the machine runs that day."""
         from rela_fast.targets import load_targets
 
         store_dir = self.out / "work" / f"targets-{prior}"
@@ -275,6 +277,10 @@ class Experiment:
             mod, size = "efficientnet_lite0", self.args.lite_size
         dim = min(D.feature_dim_of(s.arch, s.image_size), D.prior_width(mod, size))
         store, secs = D.convert_with(self.data, store_dir, mod, size, dim)
+        if rec is not None:  # work/ is not committed: the same store rebuilt on another machine or day
+            print(f"[{time.strftime('%H:%M:%S')}] conversion-{prior}: store rebuilt in {secs:.0f} s; the recorded "
+                  f"{rec['seconds']:.0f} s stays every run's conversion cost", flush=True)
+            return store, rec["seconds"]
         self.record(f"conversion-{prior}", {"row": "conversion", "prior": prior, "seconds": secs, "size": size,
                                             "dim": store.dim, "n": len(store)})
         self.prior_targets(prior, store)

@@ -198,3 +198,18 @@ def test_shown_paths_are_relative_to_the_repository_that_holds_them(tmp_path):
     assert headline.shown(headline.ROOT / "benchmarks/results/x") == "benchmarks/results/x"
     assert headline.shown(tmp_path / "other" / "benchmarks" / "results" / "x") == "benchmarks/results/x"
     assert headline.shown(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
+
+
+def test_a_rebuilt_store_keeps_the_recorded_conversion_seconds(tmp_path, monkeypatch):
+    """work/ is not committed: on a new machine the store is rebuilt, but every seed keeps the recorded cost."""
+    headline = _headline()
+    exp = headline.Experiment(headline.parse(["--out", str(tmp_path)]))
+    exp._data = object()
+    exp.record("conversion-lite0", {"row": "conversion", "prior": "lite0", "seconds": 134.0, "size": 32, "dim": 8,
+                                    "n": 10})
+    before = (tmp_path / "runs" / "conversion-lite0.json").read_text()
+    monkeypatch.setattr(headline.D, "feature_dim_of", lambda arch, size: 8)
+    monkeypatch.setattr(headline.D, "prior_width", lambda mod, size: 16)
+    monkeypatch.setattr(headline.D, "convert_with", lambda data, out, mod, size, dim: ("store", 740.0))
+    assert exp.conversion("lite0") == ("store", 134.0)
+    assert (tmp_path / "runs" / "conversion-lite0.json").read_text() == before
