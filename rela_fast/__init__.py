@@ -28,6 +28,8 @@ _EXPORTS = {
     "create_prior": "rela_fast.encoder",
     "HandOver": "rela_fast.train",
     "ReLATrainer": "rela_fast.train",
+    "ReLAEngine": "rela_fast.train",
+    "ReLAConfig": "rela_fast.train",
     "linear_probe": "rela_fast.eval",
     "UserError": "rela_fast.errors",
 }

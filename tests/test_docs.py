@@ -28,7 +28,7 @@ SKIP_DIRS = {"build", "dist", "node_modules", "__pycache__", "work", "runs"}
 LINKED_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks/results/README.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 # Files the lead is rewriting (issue 27): their bare mentions are fixed there; remove each entry with its fix.
-PENDING = {"rela_fast/train/handover.py"}
+PENDING: set[str] = set()
 
 
 def _text_files() -> list[Path]:

@@ -69,7 +69,7 @@ def test_rela_loss_falls_on_fashion_mnist(fmnist, store_dir, tmp_path):
     assert all(r["method_loss"] is None for r in steps) and steps[-1]["online_acc"] is not None
     assert 0.99 < steps[0]["momentum"] < steps[-1]["momentum"] <= 1.0  # BYOL's hook runs in phase 1 too
     # per-sample losses reached the ScoreBook: every sample seen once per epoch (budget 1)
-    assert trainer.scores.seen.tolist() == [3] * N
+    assert trainer.engine.book.seen.tolist() == [3] * N
     # files: metrics JSONL with the documented fields, a PNG plot, a weights_only checkpoint
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     for key in ("loss", "rho", "phase", "lr", "step_time", "images_per_s", "online_acc", "wall_time"):
@@ -77,7 +77,7 @@ def test_rela_loss_falls_on_fashion_mnist(fmnist, store_dir, tmp_path):
     assert [r["epoch"] for r in rows if r["event"] == "epoch"] == [0, 1, 2]
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert state["train_state"]["step"] == 18 and state["handover"]["phase"] == 1
+    assert state["train_state"]["step"] == 18 and state["engine"]["handover"]["phase"] == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 18
 
 
@@ -99,7 +99,7 @@ def test_handover_switches_to_method_loss_and_augmentation(fmnist, store_dir):
     data = _data(fmnist)
     spy = SpyViews(*fmnist)
     trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=2, batch_size=20, views=spy,
-                          handover=HandOver(threshold=0.3), method_kwargs=SMALL)  # rho = e^-1 >= 0.3 at step 1
+                          threshold=0.3, method_kwargs=SMALL)  # rho = e^-1 >= 0.3 at step 1
     result = trainer.fit(data)
     steps = _steps(result)
     assert result.switch_step == 1 and [r["phase"] for r in steps] == [1] + [2] * 11
@@ -107,14 +107,14 @@ def test_handover_switches_to_method_loss_and_augmentation(fmnist, store_dir):
     assert all(r["method_loss"] is not None and r["rela_loss"] is None for r in steps[1:])
     assert 0 < steps[1]["method_loss"] < 8  # BYOL's symmetric 2 - 2cos, summed over the two directions
     # phase 2 scores come from BYOL's own per-sample loss (the book was reset at the switch): 11 batches of 20
-    assert int(trainer.scores.seen.sum()) == 11 * 20
+    assert int(trainer.engine.book.seen.sum()) == 11 * 20
     # after the switch the loader serves the method's (BYOL) augmentation
     assert spy.calls[0][:3] == (two_views("rela", 28), 1, 0)
     assert spy.calls[1][:3] == (two_views("byol", 28), 2, 0) and spy.calls[1][3] == 120 - 20  # from the same spot
     assert spy.calls[-1][:3] == (two_views("byol", 28), 2, 1)
     # soft schedule: the losses are blended over 3 steps
     soft = ReLATrainer("convnet-4", "simclr", store_dir, budget=0.5, epochs=1, batch_size=20,
-                       handover=HandOver(threshold=0.3, soft_steps=3), method_kwargs=SMALL).fit(data)
+                       threshold=0.3, soft_steps=3, method_kwargs=SMALL).fit(data)
     lam = [r["rela_weight"] for r in _steps(soft)]
     assert lam == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
     assert all(r["rela_loss"] is not None and r["method_loss"] is not None for r in _steps(soft)[1:4])
@@ -128,7 +128,7 @@ def test_budget_is_subset_ratio_and_constant_handover(fmnist, store_dir):
     assert [r["subset_size"] for r in epochs] == [60] * 4 and result.steps == 16  # 60 / 15 = 4 steps per epoch
     assert len({r["subset_digest"] for r in epochs}) == 4  # redrawn every epoch
     assert [r["phase"] for r in _steps(result)] == [1] * 8 + [2] * 8
-    assert int((trainer.scores.seen > 0).sum()) <= 120
+    assert int((trainer.engine.book.seen > 0).sum()) <= 120
 
 
 def test_errors(fmnist, store_dir, tmp_path):
@@ -165,8 +165,8 @@ def run(arr, labels, store, out):
     t = ReLATrainer("convnet-4", "byol", store, budget=0.5, epochs=3, batch_size=20, subset_policy="topk",
                     method_kwargs=dict(hidden_dim=32, proj_dim=16), out=out, checkpoint_every=2, lr=3e-3)
     r = t.fit(open_source(arr, labels=labels))
-    t.sampler.set_epoch(3)
-    return {"handover": r.handover, "scores": t.scores.state_dict(), "next": t.sampler.indices(),
+    t.engine.sampler.set_epoch(3)
+    return {"handover": r.handover, "scores": t.engine.book.state_dict(), "next": t.engine.sampler.indices(),
             "backbone": t.backbone_module.state_dict()}
 
 if __name__ == "__main__":
@@ -218,9 +218,9 @@ def test_grad_accumulation_matches_one_big_batch(fmnist, store_dir):
 
     t1, a = run(20, 1)
     t2, b = run(10, 2)
-    assert t1.total_steps == t2.total_steps == 2
+    assert t1.plan.total_steps == t2.plan.total_steps == 2
     torch.testing.assert_close(a[1].weight, b[1].weight, rtol=1e-5, atol=1e-6)
-    assert (t1.handover.fast, t1.handover.slow) == pytest.approx((t2.handover.fast, t2.handover.slow), rel=1e-6)
+    assert (t1.engine.handover.fast, t1.engine.handover.slow) == pytest.approx((t2.engine.handover.fast, t2.engine.handover.slow), rel=1e-6)
 
 
 def test_autocast_and_other_methods(fmnist, store_dir):
@@ -230,7 +230,7 @@ def test_autocast_and_other_methods(fmnist, store_dir):
                         max_steps=2, method_kwargs=SMALL)
         r = t.fit(data)
         assert all(np.isfinite(s["rela_loss"]) for s in _steps(r)) and (t.scaler is not None) == (amp == "fp16")
-        assert torch.isfinite(t.scores.score[t.scores.seen > 0]).all()
+        assert torch.isfinite(t.engine.book.score[t.engine.book.seen > 0]).all()
     for opt in ("sgd", "lars"):
         t = ReLATrainer("convnet-4", "byol", store_dir, budget=0.25, epochs=1, batch_size=20, max_steps=2,
                         optimizer=opt, lr=0.1, method_kwargs=SMALL)
@@ -252,8 +252,8 @@ def test_score_policies_without_targets_score_by_the_method_loss(fmnist):
     trainer = ReLATrainer("convnet-4", "byol", None, budget=0.5, epochs=2, batch_size=20, subset_policy="topk",
                           method_kwargs=SMALL)
     trainer.fit(_data(fmnist))
-    seen = trainer.scores.seen > 0
-    assert int(trainer.scores.seen.sum()) == 2 * 120 and torch.isfinite(trainer.scores.score[seen]).all()
+    seen = trainer.engine.book.seen > 0
+    assert int(trainer.engine.book.seen.sum()) == 2 * 120 and torch.isfinite(trainer.engine.book.score[seen]).all()
 
 
 def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
@@ -273,7 +273,7 @@ def test_infobatch_weights_reach_the_loss(fmnist, store_dir):
                           subset_policy="infobatch", method_kwargs=SMALL)
     result = trainer.fit(_data(fmnist))
     sizes = [r["subset_size"] for r in result.history if r.get("event") == "epoch"]
-    assert trainer.scores.momentum == 0.0 and sizes[0] == trainer.n and sizes[1] < trainer.n
+    assert trainer.engine.book.momentum == 0.0 and sizes[0] == trainer.n and sizes[1] < trainer.n
     assert trainer.steps_per_epoch == trainer.n // 20 and trainer.state.step == trainer.n // 20 + sizes[1] // 20
 
 
@@ -457,10 +457,10 @@ def test_warm_heads_leave_the_backbone_unchanged_for_n_steps_after_the_switch(fm
     for warm in (3, 0):
         moves = Moves()
         trainer = ReLATrainer("convnet-4", "byol", store_dir, budget=0.5, epochs=1, batch_size=20,
-                              handover=HandOver(threshold=0.3, warm_heads=warm), method_kwargs=SMALL,
+                              threshold=0.3, warm_heads=warm, method_kwargs=SMALL,
                               callbacks=[moves])  # rho = e^-1 >= 0.3: switches after step 1
         trainer.fit(_data(fmnist))
-        assert trainer.handover.switch_step == 1
+        assert trainer.engine.handover.switch_step == 1
         moved[warm] = [b for _, b, _ in moves.rows]
         assert [h for step, _, h in moves.rows if step > 1] == [True] * 5  # the heads learn in every phase-2 step
     assert moved[3] == [True, False, False, False, True, True]  # steps 2-4 are the warm-up

@@ -27,10 +27,10 @@ r = t.fit(open_source(arr, labels=labels))
 rank = dist.get_rank()
 shards = []
 for epoch in range(2):
-    t.sampler.set_epoch(epoch)
-    shards.append((t.sampler.shard().clone(), t.sampler.indices().clone()))
+    t.engine.sampler.set_epoch(epoch)
+    shards.append((t.engine.sampler.shard().clone(), t.engine.sampler.indices().clone()))
 params = {k: v.detach().clone() for k, v in t.student.named_parameters()}
-torch.save({"shards": shards, "params": params, "scores": t.scores.state_dict(), "handover": r.handover,
+torch.save({"shards": shards, "params": params, "scores": t.engine.book.state_dict(), "handover": r.handover,
             "steps": r.steps, "world": t.world, "history": len(r.history)}, f"{sys.argv[4]}/rank{rank}.pt")
 dist.destroy_process_group()
 """
@@ -73,6 +73,6 @@ def test_ddp_two_cpu_processes(fashion_mnist_dir, tmp_path):
     assert r0["handover"] == r1["handover"]
     # only rank 0 writes the run directory
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert state["config"]["world"] == 2 and state["train_state"]["step"] == 12
+    assert state["identity"]["world"] == 2 and state["train_state"]["step"] == 12
     rows = [line for line in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
     assert len([r for r in rows if '"event": "step"' in r]) == 12

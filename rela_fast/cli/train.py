@@ -5,69 +5,70 @@ from __future__ import annotations
 import argparse
 import math
 
-from rela_fast.cli.validate import MAX_IMAGE_SIZE, device, fraction, integer, out_path, real
+from rela_fast.cli.aliases import add_deprecated_alias
+from rela_fast.cli.validate import out_path
+from rela_fast.config_files import dump_run
+from rela_fast.errors import UserError
+from rela_fast.train.config import ReLAConfig, add_config_arguments, config_from_args
 
 HELP = "train a backbone with ReLA-F on converted targets (without --targets: the plain method, the baseline)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="training images: folder, file list, tar shards, IDX folder (Fashion-MNIST)")
+    parser.add_argument("data", nargs="?", help="training images: folder, file list, tar shards, IDX folder "
+                        "(Fashion-MNIST); may come from --config instead")
     parser.add_argument("--targets", help="target store from `rela-fast convert` (omit for the plain method)")
-    parser.add_argument("--out", required=True, type=out_path,
-                        help="run directory: checkpoint.pt, metrics.jsonl/png, summary.json")
-    parser.add_argument("--method", default="byol", help="byol (reference), simclr, dino or supervised")
+    parser.add_argument("--out", type=out_path, help="run directory: checkpoint.pt, metrics.jsonl/png, summary.json, "
+                        "config.json (required, here or in --config)")
+    parser.add_argument("--config", metavar="FILE", help="a run's settings as YAML or JSON (e.g. a run's config.json "
+                        "or --print-config's output); flags given here override it")
+    parser.add_argument("--print-config", action="store_true", help="print the full resolved config and exit")
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. hidden_dim=512 proj_dim=128 temperature=0.2 (repeatable)")
-    parser.add_argument("--arch", default="resnet18", help="'convnet[-W]' (small, CPU) or any timm model name")
-    parser.add_argument("--epochs", type=integer(1), default=100)
-    parser.add_argument("--budget", type=real(0.0, 1.0, lo_open=True), default=1.0,
-                        help="fraction of a full run's steps, in (0, 1]")
-    parser.add_argument("--policy", default="random", help="subset policy: random (reference), topk, bottomk, "
-                        "weighted, infobatch")
-    parser.add_argument("--stratify", action="store_true", help="class-stratified subsets (labelled data)")
-    parser.add_argument("--recipe", default="default", choices=["default", "authors"],
-                        help="authors: frozen random transfer head, constant lr, weight decay 0.01 on all parameters, "
-                        "BYOL momentum fixed at 0.99, batch 128 (each overridable below)")
-    parser.add_argument("--prune-ratio", type=real(0.0, 1.0, hi_open=True), default=0.5,
-                        help="infobatch: each below-mean sample is dropped with this probability (default 0.5)")
-    parser.add_argument("--batch-size", type=integer(1), help="per process and micro-step (default 256; authors 128)")
-    parser.add_argument("--accumulate", type=integer(1), default=1, help="gradient-accumulation micro-steps")
-    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"])
-    parser.add_argument("--lr", type=real(0.0, lo_open=True), help="default 1e-3 (both recipes)")
-    parser.add_argument("--weight-decay", type=real(0.0), help="default 1e-6 on weights only; authors 0.01 on all")
-    parser.add_argument("--schedule", choices=["cosine", "constant"],
-                        help="lr schedule (default cosine; authors constant)")
-    parser.add_argument("--freeze-head", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep the transfer head a fixed random projection (authors) or train it (default)")
-    parser.add_argument("--decay-all", action=argparse.BooleanOptionalAction, default=None,
-                        help="weight decay on biases and norms too (authors)")
-    parser.add_argument("--warmup", type=fraction, default=0.0, help="fraction of the steps for linear LR warm-up")
-    parser.add_argument("--handover", default="adaptive", choices=["adaptive", "constant"])
-    parser.add_argument("--lambda-const", type=real(0.0, 1.0),
-                        help="constant hand-over: phase 1 for this fraction of epochs")
-    parser.add_argument("--soft-steps", type=integer(0), default=0,
-                        help="blend the losses over N steps after the switch")
-    parser.add_argument("--warm-heads", type=integer(0), default=0,
-                        help="after the switch, train only the method's heads for N steps (backbone unchanged)")
-    parser.add_argument("--image-size", type=integer(8, MAX_IMAGE_SIZE),
-                        help="training side (default: the images' side if <= 64, else 224)")
-    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    parser.add_argument("--device", type=device, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--workers", type=integer(0, 256), default=0, help="data-loader worker processes")
-    parser.add_argument("--views", "--loader", dest="views", default="auto",
-                        choices=["auto", "tensor", "torch", "dali"],
-                        help="where the two views come from: auto (in-memory tensors for IDX/arrays and data that "
-                        "fits in RAM, DALI on CUDA, else a DataLoader)")
-    parser.add_argument("--per-sample-augment", action="store_true",
-                        help="torchvision per sample on the workers instead of batched photometric ops")
-    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
-    parser.add_argument("--checkpoint-every", type=integer(1),
-                        help="also checkpoint every N steps (always at epoch ends)")
-    parser.add_argument("--max-steps", type=integer(1), help="stop after N optimisation steps")
-    parser.add_argument("--log-every", type=integer(1), default=1, help="metrics row every N steps")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
-    parser.add_argument("--no-progress", action="store_true")
+    add_config_arguments(parser)
+    add_deprecated_alias(parser, "--loader", "--views", "runtime__views", choices=["auto", "tensor", "torch", "dali"])
+    parser.add_argument("--per-sample-augment", dest="runtime__batched_augment", action="store_false", default=None,
+                        help="torchvision per sample on the workers (same as --no-batched-augment)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint "
+                        "(only a checkpoint this run's folder owns is replaced)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    add_deprecated_alias(parser, "--no-progress", "--quiet", "quiet", flag=True)
+    parser.add_argument("--logger", type=_logger_names, default=[], metavar="NAMES",
+                        help="also log to tensorboard (<out>/tensorboard), csv (<out>/metrics.csv) and/or wandb "
+                        "(offline unless WANDB_MODE is set; <out>/wandb), comma-separated")
+
+
+def _logger_names(text: str) -> list[str]:
+    from rela_fast.train.loggers import parse_loggers
+
+    try:
+        return parse_loggers(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def resolve(args: argparse.Namespace) -> tuple[ReLAConfig, dict]:
+    """The run's config (defaults < --config file < flags) and its inputs (data, targets, out)."""
+    from rela_fast.config_files import read_run_file
+
+    base, inputs = (ReLAConfig(), {}) if args.config is None else read_run_file(args.config)
+    config = config_from_args(args, base)
+    if args.method_arg:
+        config = config.replace(method_kwargs={**config.method_kwargs,
+                                               **_method_kwargs(args.method_arg, config.method)})
+    elif config.method_kwargs:
+        _method_kwargs([f"{k}={v}" for k, v in config.method_kwargs.items()], config.method)
+    config = config.replace(**{"runtime.progress": not args.quiet})
+    if config.arch is None:
+        config = config.replace(arch="resnet18")
+    for key in ("data", "targets", "out"):
+        if getattr(args, key) is not None:
+            inputs[key] = getattr(args, key)
+    if not inputs.get("data"):
+        raise UserError("data: give the training images (positional DATA, or `data:` in --config)")
+    if not inputs.get("out"):
+        raise UserError("--out: give the run directory (or `out:` in --config)")
+    return config, inputs
 
 
 def _method_kwargs(items: list[str], method: str) -> dict:
@@ -119,22 +120,17 @@ def run(args: argparse.Namespace) -> int:
     from rela_fast.cli.validate import check_device, check_run_dir
     from rela_fast.train import ReLATrainer
 
-    check_run_dir(args.out)
-    kwargs = _method_kwargs(args.method_arg, args.method)
-    trainer = ReLATrainer(
-        args.arch, args.method, args.targets, budget=args.budget, epochs=args.epochs, subset_policy=args.policy,
-        recipe=args.recipe, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, schedule=args.schedule, freeze_head=args.freeze_head, decay_all=args.decay_all,
-        subset_kwargs={"prune_ratio": args.prune_ratio} if args.policy.startswith("infobatch") else None,
-        warmup=args.warmup, handover=args.handover, lambda_const=args.lambda_const, soft_steps=args.soft_steps,
-        warm_heads=args.warm_heads,
-        image_size=args.image_size, accumulate=args.accumulate, amp=args.amp, compile=args.compile,
-        device=check_device(args.device), num_workers=args.workers, views=args.views, seed=args.seed, out=args.out,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, max_steps=args.max_steps,
-        method_kwargs=kwargs, stratify=args.stratify,
-        batched_augment=not args.per_sample_augment, progress=not args.no_progress,
-    )
-    result = trainer.fit(args.data, resume=not args.no_resume)
+    config, inputs = resolve(args)
+    if args.print_config:
+        print(dump_run(config, inputs))
+        return 0
+    check_run_dir(inputs["out"])
+    config = config.replace(**{"runtime.device": check_device(config.runtime.device)})
+    from rela_fast.train.loggers import make_loggers
+
+    trainer = ReLATrainer(config.arch, config.method, inputs.get("targets"), config=config, out=inputs["out"],
+                          callbacks=make_loggers(args.logger))
+    result = trainer.fit(inputs["data"], resume=not args.no_resume)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
@@ -149,11 +145,11 @@ def run(args: argparse.Namespace) -> int:
     ips = result.images_seen / result.wall_time if result.wall_time > 0 else float("nan")
     acc = f"{result.online_accuracy:.4f}" if result.online_accuracy is not None else "n/a (no labels)"
     print(f"trained     {result.steps} steps / {result.extra['total_steps']} ({result.epochs} epochs of "
-          f"{result.extra['steps_per_epoch']} steps), {result.images_seen} images, budget {args.budget}")
+          f"{result.extra['steps_per_epoch']} steps), {result.images_seen} images, budget {config.subset.budget}")
     print(f"wall time   {result.wall_time:.1f} s ({ips:.1f} images/s) on {trainer.device}"
           f"{' x' + str(trainer.world) if trainer.world > 1 else ''}, torch {torch.__version__}")
     print(f"hand-over   {switch}")
     print(f"online acc  {acc}")
     print(f"run         {result.out}: checkpoint.pt, metrics.jsonl, metrics.png, summary.json")
-    print(f"next        rela-fast eval {result.out} --data {args.data}")
+    print(f"next        rela-fast eval {result.out} --data {inputs['data']}")
     return 0

@@ -134,6 +134,9 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"):
     config = state.get("config", {})
     if not isinstance(config, dict):
         raise UserError(f"{path}: the checkpoint's config is a {type(config).__name__}, not a rela_fast config")
+    identity = state.get("identity")  # format 3 keeps the model's rebuild recipe with the run's identity
+    if isinstance(identity, dict):
+        config = {**config, "backbone": identity.get("backbone"), "image_size": identity.get("image_size")}
     arch = config.get("backbone")
     if not arch:
         raise UserError(

@@ -18,9 +18,11 @@ from rela_fast.train.augment import (
     two_views,
     view_ops,
 )
-from rela_fast.train.backbones import ConvNet, create_backbone
+from rela_fast.models import ConvNet, create_backbone, load_backbone, load_checkpoint
 from rela_fast.train.callbacks import Callback, Clock, ProbeCallback, TrainState
-from rela_fast.train.checkpoint import load_backbone, load_checkpoint, save_checkpoint
+from rela_fast.train.checkpoint import save_checkpoint
+from rela_fast.train.config import HandoverConfig, OptimConfig, ReLAConfig, RuntimeConfig, SubsetConfig
+from rela_fast.train.engine import ReLAEngine
 from rela_fast.train.handover import HandOver
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, make_loader
 from rela_fast.train.methods import BYOL, DINO, Method, SimCLR, Supervised, create_method
@@ -30,7 +32,7 @@ from rela_fast.train.trainer import ReLATrainer, TrainResult
 from rela_fast.train.views import DaliViews, LoaderViews, TensorViews, ViewPipeline, create_views
 
 __all__ = [
-    "BYOL", "RECIPES", "BatchPhotometric", "BatchViews", "Callback", "Clock", "ConvNet", "DINO", "DaliTwoViewLoader",
+    "BYOL", "RECIPES", "HandoverConfig", "OptimConfig", "ReLAConfig", "ReLAEngine", "RuntimeConfig", "SubsetConfig", "BatchPhotometric", "BatchViews", "Callback", "Clock", "ConvNet", "DINO", "DaliTwoViewLoader",
     "DaliViews", "HandOver", "LoaderViews", "Method", "MetricsLog", "ProbeCallback", "ReLATrainer", "Recipe", "SimCLR",
     "Supervised", "TensorViews", "TrainResult", "TrainState", "TwoViewDataset", "ViewPipeline", "ViewSpec",
     "build_torchvision", "create_backbone", "create_method", "create_views", "crop_flip", "eval_transform",

@@ -1,6 +1,6 @@
 """The ReLA-F hand-over rule: when to stop learning the targets and hand over to the method's own loss.
 
-Reference behaviour (ALGORITHM.md, "Hand-over rule"), adaptive mode: two running averages of the batch
+Reference behaviour (docs/ALGORITHM.md#hand-over-rule), adaptive mode: two running averages of the batch
 ReLA loss, ``fast`` (starts at 1.0) and ``slow`` (starts at 2.0). At each optimiser step, *first*
 ``rho = exp(-max(slow - fast, 0))`` from the old values, *then* ``fast = 0.999 fast + 0.001 loss`` and
 ``slow = 0.99 slow + 0.01 fast`` (the new ``fast``). When ``rho >= 0.995`` the ReLA loss has plateaued and
@@ -40,7 +40,7 @@ def handover_value(per_sample: torch.Tensor | Sequence[torch.Tensor]) -> torch.T
 
     ``per_sample``: the unweighted per-sample ReLA losses of one micro-batch (B,), or a sequence of them,
     one per gradient-accumulation micro-batch. Returns the mean over micro-batches of each one's plain mean
-    (ALGORITHM.md: "averaged over gradient-accumulation steps"), a 0-d float64 tensor on the losses'
+    (docs/ALGORITHM.md#hand-over-rule: "averaged over gradient-accumulation steps"), a 0-d float64 tensor on the losses'
     device (no host sync). Under DDP average it over ranks before :meth:`HandOver.update`.
     """
     parts = [per_sample] if isinstance(per_sample, torch.Tensor) else list(per_sample)

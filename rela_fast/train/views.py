@@ -69,11 +69,19 @@ class TensorViews:
         for s in range(0, len(idx_all) // batch_size * batch_size, batch_size):
             idx = idx_all[s:s + batch_size]
             imgs = self.images.index_select(0, idx).to(self.device, non_blocking=True)
-            out = []
-            for view, op in enumerate(ops):
-                key = item_seed(self.seed + 7919 * (view + 1), epoch, phase, int(idx[0]))
-                out.append(op(imgs, torch.Generator().manual_seed(key)))
-            yield out[0], out[1], idx, self.labels.index_select(0, idx).to(self.device, non_blocking=True)
+            v1, v2 = two_view_batch(imgs, idx, ops, seed=self.seed, epoch=epoch, phase=phase)
+            yield v1, v2, idx, self.labels.index_select(0, idx).to(self.device, non_blocking=True)
+
+
+def two_view_batch(images: torch.Tensor, idx: torch.Tensor, ops: tuple[BatchViews, BatchViews], *, seed: int,
+                   epoch: int, phase: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views of a uint8 batch, each keyed by (seed, view, epoch, phase, first sample): the same views
+    whichever loop, loader or resume produced the batch."""
+    out = []
+    for view, op in enumerate(ops):
+        key = item_seed(seed + 7919 * (view + 1), epoch, phase, int(idx[0]))
+        out.append(op(images, torch.Generator().manual_seed(key)))
+    return out[0], out[1]
 
 
 class LoaderViews:
