@@ -1,4 +1,5 @@
-"""Sources: where the images are. One interface over folders, file lists, webdataset tars, IDX files, arrays.
+"""Sources: where the images are. One interface over folders, file lists, webdataset tars, IDX files, arrays
+and map-style datasets (torch / torchvision / Hugging Face: :mod:`rela_fast.data.mapped`).
 
 A source is a fixed, deterministically ordered list of rows. Row ``i`` has a path relative to ``root``
 (``paths[i]``), optional integer label, its raw content (``read(i)``: encoded file bytes, or a uint8
@@ -7,7 +8,7 @@ whether the data changed since targets were computed. Reading is thread-safe (de
 several threads at once).
 
 Order: folders sort by class, then by path components; file lists keep the list's order; tar shards sort
-by shard name and keep each shard's member order; IDX and arrays keep row order.
+by shard name and keep each shard's member order; IDX, arrays and datasets keep row order.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import gzip
 import hashlib
 import os
 import re
+import sys
 import tarfile
 import threading
 import warnings
@@ -40,7 +42,41 @@ _IDX_UBYTE = 0x08
 
 
 class Source:
-    """Base class: subclasses fill ``root``, ``kind``, ``paths``, ``labels``, ``classes`` and ``read``."""
+    """A fixed, ordered list of image rows: what ``convert``, ``ReLATrainer.fit`` and the probe read.
+
+    The protocol (subclass this class, or give any object these members):
+
+    * ``root`` (str): where the rows live, for messages; a name in ``<...>`` when there is no folder;
+    * ``kind`` (str): a short word saying what sort of source this is (stored in the fingerprint);
+    * ``paths`` (list of str): one unique name per row, stable across runs (the store keeps them);
+    * ``labels`` (list of int or None): class ids ``0, 1, 2, ...`` per row, or None;
+    * ``classes`` (list of str or None): class names, ``classes[label]``;
+    * ``read(i)``: row ``i``'s image as encoded file bytes or a uint8 HxW / HxWxC array; raise ``OSError``
+      for a row that cannot be read (it is skipped and listed); must be safe to call from several threads;
+    * ``entry_key(i)``: a cheap identity of row ``i`` that changes when its content changes (size + mtime
+      for files); :meth:`fingerprint` hashes all of them, and a target store made from this source is
+      refused when the fingerprint changes. Override :meth:`fingerprint` when rows have no cheap identity.
+
+    A source of 8 random images whose rows are a function of their number (so the name is a full identity):
+
+    >>> import numpy as np
+    >>> from rela_fast.data import Source
+    >>> class Noise(Source):
+    ...     kind = "noise"
+    ...     def __init__(self, n: int):
+    ...         self.root, self.labels, self.classes = "<noise>", [i % 2 for i in range(n)], ["even", "odd"]
+    ...         self.paths = [f"noise#{i}" for i in range(n)]
+    ...     def read(self, i: int) -> np.ndarray:
+    ...         return np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ...     def entry_key(self, i: int) -> str:
+    ...         return self.paths[i]
+    >>> source = Noise(8)
+    >>> len(source), source.read(3).shape, source.fingerprint()["count"]
+    (8, (32, 32, 3), 8)
+
+    ``rela_fast.convert(source, "noise-targets", prior="timm:resnet18", size=32, dim=4)`` and
+    ``ReLATrainer(...).fit(source)`` then take it like any path.
+    """
 
     root: str
     kind: str
@@ -502,10 +538,18 @@ class ArraySource(_ArrayRows):
     kind = "array"
 
     def __init__(self, array: Any):
-        is_torch = type(array).__module__.startswith("torch")
+        what, is_torch = type(array).__name__, is_tensor(array)
         if is_torch:
             array = array.detach().cpu().numpy()
-        array = np.asarray(array)
+        try:
+            array = np.asarray(array)
+        except (TypeError, ValueError):
+            array = np.asarray(None)
+        if array.dtype == object:
+            raise UserError(
+                f"{what}: not a source rela_fast can read; give a path, a uint8 array or tensor, or a map-style "
+                "dataset (len() and dataset[i], e.g. torchvision's or a Hugging Face datasets.Dataset)"
+            )
         if array.dtype != np.uint8:
             raise UserError(
                 f"array: dtype {array.dtype} is not supported; pass uint8 images "
@@ -635,11 +679,23 @@ def _is_idx_name(name: str) -> bool:
 # ------------------------------------------------------------------------------------------------ open
 
 
+def is_tensor(obj: Any) -> bool:
+    """True for a torch tensor (checked without importing torch: a torchvision dataset is not one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
 def open_source(
-    path_or_array: Any, labels: Sequence[int] | Any | None = None, *, split: str = "train", kind: str | None = None
+    path_or_array: Any, labels: Sequence[int] | Any | None = None, *, split: str = "train", kind: str | None = None,
+    image_column: str | None = None, label_column: str | None = "label",
 ) -> Source:
     """Open any supported source (see the module docstring); ``labels`` gives or overrides the row labels.
 
+    * a :class:`Source` (your own, see its docstring) -> itself
+    * a map-style dataset -> ``"dataset"`` (:class:`~rela_fast.data.mapped.DatasetSource`): a torch
+      ``Dataset`` (torchvision's included) of PIL images, HWC uint8 arrays or CHW tensors, optionally with
+      labels, or a Hugging Face ``datasets.Dataset``; ``image_column`` (default ``"image"``) and
+      ``label_column`` (default ``"label"``; None: unlabelled) name dict keys / columns
     * a numpy array / torch tensor of uint8 images -> ``"array"``
     * a folder with ``train-images-idx3-ubyte[.gz]`` (``split="test"``: ``t10k-...``), or an IDX images
       file -> ``"idx"``
@@ -648,16 +704,25 @@ def open_source(
     * any other folder -> ``"folder"``; any other file -> ``"filelist"``
 
     ``kind`` forces one of "folder", "filelist", "tar", "idx". Raises :class:`UserError` for a missing path,
-    no images, a malformed IDX or tar file, or labels of the wrong length.
+    no images, a malformed IDX or tar file, a dataset without the image column, or labels of the wrong length.
     """
-    if isinstance(path_or_array, (str, os.PathLike)):
+    from rela_fast.data.mapped import DatasetSource, is_map_dataset
+
+    if is_source(path_or_array):
+        source = path_or_array
+    elif isinstance(path_or_array, (str, os.PathLike)):
         source = _open_path(os.fspath(path_or_array), split, kind)
-    elif kind not in (None, "array"):
+    elif kind not in (None, "array", "dataset"):
         raise UserError(f"kind={kind!r} needs a path, got {type(path_or_array).__name__}")
+    elif type(path_or_array).__name__ in ("DatasetDict", "IterableDatasetDict"):
+        raise UserError(f"{type(path_or_array).__name__}: holds several splits; pick one, e.g. dataset['train']")
+    elif kind != "array" and is_map_dataset(path_or_array):
+        source = DatasetSource(path_or_array, image_column=image_column,
+                               label_column=None if labels is not None else label_column)
     else:
         source = ArraySource(path_or_array)
     if labels is not None:
-        if type(labels).__module__.startswith("torch"):
+        if is_tensor(labels):
             labels = labels.detach().cpu().numpy()
         values = np.asarray(labels)
         if values.ndim != 1 or len(values) != len(source):
@@ -669,6 +734,11 @@ def open_source(
         if source.classes is not None and max(source.labels) >= len(source.classes):
             source.classes = None
     return source
+
+
+def is_source(obj: Any) -> bool:
+    """True for a :class:`Source`, or an object that follows its protocol (``read``, ``fingerprint``, ``paths``)."""
+    return isinstance(obj, Source) or all(hasattr(obj, a) for a in ("read", "fingerprint", "paths", "labels"))
 
 
 def _open_path(path: str, split: str, kind: str | None) -> Source:

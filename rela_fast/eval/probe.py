@@ -8,6 +8,7 @@ and the reported accuracy is the mean of the last three epochs' test accuracy.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,10 +50,9 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 def _open(data: Any, split: str = "train"):
+    """A Source for ``data``: a path, an array, a map-style dataset (torch / Hugging Face) or a Source."""
     from rela_fast.data import open_source
 
-    if hasattr(data, "read") and hasattr(data, "fingerprint"):
-        return data
     return open_source(data, split=split)
 
 
@@ -158,7 +158,8 @@ def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tens
 def linear_probe(backbone: nn.Module, train: Any, test: Any, *, epochs: int = 100, lr: float = 3e-4,
                  batch_size: int = 256, image_size: int | None = None, device: str | torch.device | None = None,
                  num_workers: int = 0, seed: int = 0, standardize: bool = False, progress: bool = False) -> ProbeResult:
-    """Linear-probe ``backbone``: ``train``/``test`` are data (path, array, Source) or ``(features, labels)``.
+    """Linear-probe ``backbone``: ``train``/``test`` are data (path, array, map-style dataset, Source) or
+    ``(features, labels)``.
 
     For an IDX folder (e.g. Fashion-MNIST) ``test`` may be the same path: its ``t10k`` split is used.
     """
@@ -173,10 +174,13 @@ def linear_probe(backbone: nn.Module, train: Any, test: Any, *, epochs: int = 10
     if isinstance(test, tuple):
         test_x, test_y = (t.to(dev) for t in test)
     else:
-        if not hasattr(test, "read") and test == train:
-            test = _open(test, split="test")
+        same_path = isinstance(test, str | os.PathLike) and isinstance(train, str | os.PathLike) \
+            and os.fspath(test) == os.fspath(train)
+        if test is train or same_path:
+            test = _open(test, split="test") if same_path else None
             if getattr(test, "kind", None) != "idx":
-                raise UserError(f"{train}: the same data for training and testing the probe; pass a test split "
+                what = train if same_path else type(train).__name__
+                raise UserError(f"{what}: the same data for training and testing the probe; pass a test split "
                                 "(only IDX folders such as Fashion-MNIST carry their own test split)")
         test_x, test_y = extract_features(backbone, test, image_size=image_size, batch_size=batch_size,
                                           device=dev, num_workers=num_workers, progress=progress, desc="test")

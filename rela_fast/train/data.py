@@ -73,11 +73,12 @@ def _subset(td: TrainData, rows: Any) -> TrainData:
 
 
 def open_train_data(data: Any, targets: Any, rows: Any = None) -> TrainData:
-    """``data``: a path, an array or a Source; ``targets``: a store, its directory, an N x d tensor, or None;
-    ``rows``: train on these source rows only (a store brings its own rows)."""
+    """``data``: a path, an array, a map-style dataset (torch / torchvision / Hugging Face) or a Source;
+    ``targets``: a store, its directory, an N x d tensor, or None; ``rows``: train on these source rows only
+    (a store brings its own rows)."""
     from rela_fast.data import open_source
 
-    source = data if hasattr(data, "read") and hasattr(data, "fingerprint") else open_source(data)
+    source = open_source(data)  # a Source is returned as it is
     if isinstance(targets, str | os.PathLike):
         from rela_fast.targets import load_targets
 

@@ -43,7 +43,9 @@ def to_rgb(item: Any) -> torch.Tensor:
             a = np.repeat(a, 3, axis=2)
         elif a.ndim == 3 and a.shape[2] == 4:
             a = a[:, :, :3]
-        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+        if not a.flags.writeable or not a.flags.c_contiguous:  # torch refuses to share read-only memory
+            a = np.array(a, order="C")
+        return torch.from_numpy(a).permute(2, 0, 1)
     if isinstance(item, torch.Tensor):
         return item
     from torchvision.transforms.v2.functional import pil_to_tensor
