@@ -606,6 +606,18 @@ def _variant_commands(rows: list[dict], common: list[str]) -> list[list[str]]:
             for (priors, recipe, n, budgets), vs in groups.items()]
 
 
+def claims_section(summary: dict) -> str:
+    """Every ReLA row against the strongest BYOL baseline of either recipe (benchmarks/claims.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "benchmarks" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    return ("Each ReLA row against the strongest BYOL baseline of either recipe, at 100 % and at the row's own "
+            "budget (`python benchmarks/claims.py`; the difference of means in points +- its standard error, "
+            "'within noise' inside two of them):\n\n" + claims.render(claims.compare(summary), summary))
+
+
 def report(exp: Experiment) -> None:
     summary = summarise(exp)
     out = exp.out
@@ -618,7 +630,7 @@ def report(exp: Experiment) -> None:
             "times come from 2 CPU cores shared by 1-4 concurrent runs and other jobs: indicative; steps are exact. "
             "Machine-readable: "
             f"`{shown(out)}/summary.json`.")
-    (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n")
+    (out / "table.md").write_text(head + "\n\n" + table(summary) + "\n\n" + claims_section(summary) + "\n")
     plot(summary, out / "plot.png")
     cmds = "\n".join(" ".join(shlex.quote(x) for x in ["python", "benchmarks/headline.py", *args])
                       for args in reproduce_commands(exp))

@@ -48,6 +48,7 @@ def test_headline_toy_run_summary_and_resume(fashion_mnist_dir, tmp_path):
     assert {(True, b, None) for b in (0.5, 0.2, 0.1)} <= set(rows)
     table = (out / "table.md").read_text()
     assert "% saved)" in table and "linear probe on the raw pixels" in table
+    assert "Each ReLA row against the strongest BYOL baseline" in table and "| random, default, 50 % | 1 |" in table
     assert "python benchmarks/headline.py" in (out / "commands.txt").read_text()
 
     stamps = {p.name: p.read_text() for p in (out / "runs").glob("*.json")}
