@@ -89,8 +89,8 @@ def test_targets_wider_than_the_student_are_truncated_to_min_f_d():
     t = ReLATrainer("convnet-4", "byol", wide, budget=1.0, epochs=1, batch_size=16, method_kwargs=dict(SMALL),
                     max_steps=1, device="cpu")
     t.fit(_data())
-    assert t.feature_dim == 32 and t.target_dim == 32 and t.student.head.weight.shape == (32, 32)
-    torch.testing.assert_close(t.targets_t, wide[:, :32])
+    assert t.feature_dim == 32 and t.engine.targets.shape[1] == 32 and t.student.head.weight.shape == (32, 32)
+    torch.testing.assert_close(t.engine.targets, wide[:, :32])
 
 
 def test_cli_recipe_authors(tmp_path, capsys):
@@ -111,6 +111,6 @@ def test_cli_recipe_authors(tmp_path, capsys):
                  "--method-arg", "hidden_dim=16", "--method-arg", "proj_dim=8"]) == 0
     import json
 
-    cfg = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
-    assert (cfg["recipe"], cfg["schedule"], cfg["freeze_head"], cfg["decay_all"], cfg["weight_decay"]) == \
+    cfg = json.loads((tmp_path / "run" / "summary.json").read_text())["recipe"]  # the recipe as resolved
+    assert (cfg["name"], cfg["schedule"], cfg["freeze_head"], cfg["decay_all"], cfg["weight_decay"]) == \
         ("authors", "constant", True, True, 0.01)

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a run's settings as YAML or JSON (e.g. a run's config.json "
                         "or --print-config's output); flags given here override it")
     parser.add_argument("--print-config", action="store_true", help="print the full resolved config and exit")
+    parser.add_argument("--continue", dest="continue_run", metavar="RUN", help="train the run in folder RUN further: "
+                        "its own config.json with a new --epochs (or --max-steps); nothing else may change")
     parser.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="method option, e.g. hidden_dim=512 proj_dim=128 temperature=0.2 (repeatable)")
     add_config_arguments(parser)
@@ -51,6 +53,8 @@ def resolve(args: argparse.Namespace) -> tuple[ReLAConfig, dict]:
     """The run's config (defaults < --config file < flags) and its inputs (data, targets, out)."""
     from rela_fast.config_files import read_run_file
 
+    if args.continue_run is not None:
+        return _continued(args)
     base, inputs = (ReLAConfig(), {}) if args.config is None else read_run_file(args.config)
     config = config_from_args(args, base)
     if args.method_arg:
@@ -58,7 +62,8 @@ def resolve(args: argparse.Namespace) -> tuple[ReLAConfig, dict]:
                                                **_method_kwargs(args.method_arg, config.method)})
     elif config.method_kwargs:
         _method_kwargs([f"{k}={v}" for k, v in config.method_kwargs.items()], config.method)
-    config = config.replace(**{"runtime.progress": not args.quiet})
+    if args.quiet or args.config is None:  # a bar by default on the command line; a config file keeps its own
+        config = config.replace(**{"runtime.progress": not args.quiet})
     if config.arch is None:
         config = config.replace(arch="resnet18")
     for key in ("data", "targets", "out"):
@@ -69,6 +74,36 @@ def resolve(args: argparse.Namespace) -> tuple[ReLAConfig, dict]:
     if not inputs.get("out"):
         raise UserError("--out: give the run directory (or `out:` in --config)")
     return config, inputs
+
+
+def _continued(args: argparse.Namespace) -> tuple[ReLAConfig, dict]:
+    """``--continue RUN``: the run's own config with new epochs / max_steps; any other change is refused."""
+    from pathlib import Path
+
+    from rela_fast.config_files import read_run_file
+    from rela_fast.train.config import walk
+
+    run = Path(args.continue_run)
+    if args.config is not None or args.out is not None:
+        raise UserError("--continue: the run's folder holds its config and is its output; drop --config and --out")
+    if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+        raise UserError(f"--continue {run}: no config.json and checkpoint.pt there; give the --out folder of a "
+                        "`rela-fast train` run")
+    base, inputs = read_run_file(run / "config.json")
+    config = config_from_args(args, base)
+    allowed = {"epochs", "max_steps"} | {k for k, f, _ in walk(config) if not f.metadata.get("resume", True)}
+    before = dict((k, v) for k, _, v in walk(base))
+    changed = [k for k, _, v in walk(config) if before[k] != v and k not in allowed]
+    if changed or args.method_arg:
+        raise UserError(f"--continue {run}: only --epochs and --max-steps (and how it runs) may change, not "
+                        f"{(changed or ['--method-arg'])[0]}; start a new run for other settings")
+    if config.epochs < base.epochs:
+        raise UserError(f"--continue {run}: --epochs {config.epochs} is fewer than the run's {base.epochs}")
+    for key in ("data", "targets"):
+        if getattr(args, key) is not None:
+            inputs[key] = getattr(args, key)
+    inputs["out"] = str(run)
+    return config.replace(**{"runtime.progress": not args.quiet}), inputs
 
 
 def _method_kwargs(items: list[str], method: str) -> dict:
@@ -130,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
 
     trainer = ReLATrainer(config.arch, config.method, inputs.get("targets"), config=config, out=inputs["out"],
                           callbacks=make_loggers(args.logger))
-    result = trainer.fit(inputs["data"], resume=not args.no_resume)
+    if args.continue_run is not None and args.no_resume:
+        raise UserError("--continue: continues from the run's checkpoint; drop --no-resume")
+    result = trainer.fit(inputs["data"], resume=not args.no_resume, extend=args.continue_run is not None)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:

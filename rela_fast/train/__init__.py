@@ -8,6 +8,7 @@ JSONL metrics; :class:`ReLATrainer` puts them together.
 
 from __future__ import annotations
 
+from rela_fast.models import ConvNet, create_backbone, load_backbone, load_checkpoint
 from rela_fast.train.augment import (
     BatchPhotometric,
     BatchViews,
@@ -18,7 +19,6 @@ from rela_fast.train.augment import (
     two_views,
     view_ops,
 )
-from rela_fast.models import ConvNet, create_backbone, load_backbone, load_checkpoint
 from rela_fast.train.callbacks import Callback, Clock, ProbeCallback, TrainState
 from rela_fast.train.checkpoint import save_checkpoint
 from rela_fast.train.config import HandoverConfig, OptimConfig, ReLAConfig, RuntimeConfig, SubsetConfig
@@ -32,8 +32,9 @@ from rela_fast.train.trainer import ReLATrainer, TrainResult
 from rela_fast.train.views import DaliViews, LoaderViews, TensorViews, ViewPipeline, create_views
 
 __all__ = [
-    "BYOL", "RECIPES", "HandoverConfig", "OptimConfig", "ReLAConfig", "ReLAEngine", "RuntimeConfig", "SubsetConfig", "BatchPhotometric", "BatchViews", "Callback", "Clock", "ConvNet", "DINO", "DaliTwoViewLoader",
-    "DaliViews", "HandOver", "LoaderViews", "Method", "MetricsLog", "ProbeCallback", "ReLATrainer", "Recipe", "SimCLR",
+    "BYOL", "BatchPhotometric", "BatchViews", "Callback", "Clock", "ConvNet", "DINO", "DaliTwoViewLoader",
+    "DaliViews", "HandOver", "HandoverConfig", "LoaderViews", "Method", "MetricsLog", "OptimConfig", "ProbeCallback",
+    "RECIPES", "ReLAConfig", "ReLAEngine", "ReLATrainer", "Recipe", "RuntimeConfig", "SimCLR", "SubsetConfig",
     "Supervised", "TensorViews", "TrainResult", "TrainState", "TwoViewDataset", "ViewPipeline", "ViewSpec",
     "build_torchvision", "create_backbone", "create_method", "create_views", "crop_flip", "eval_transform",
     "load_backbone", "load_checkpoint", "make_loader", "plot_metrics", "read_metrics", "resolve_recipe",

@@ -283,6 +283,50 @@ def walk(config: ReLAConfig) -> typing.Iterator[tuple[str, Any, Any]]:
             yield f.name, f, value
 
 
+# -- the keyword form ------------------------------------------------------------------------------
+KEYWORDS = {  # the keyword form (ReLATrainer, ReLAEngine.create) -> the config setting it sets
+    "epochs": "epochs", "seed": "seed", "max_steps": "max_steps", "method_kwargs": "method_kwargs",
+    "budget": "subset.budget", "subset_policy": "subset.policy", "prune_ratio": "subset.prune_ratio",
+    "score_momentum": "subset.score_momentum", "stratify": "subset.stratify",
+    "handover": "handover.mode", "lambda_const": "handover.lambda_const", "soft_steps": "handover.soft_steps",
+    "warm_heads": "handover.warm_heads", "floor": "handover.floor", "threshold": "handover.threshold",
+    **{k: f"optim.{k}" for k in ("recipe", "batch_size", "accumulate", "lr", "optimizer", "weight_decay", "momentum",
+                                 "warmup", "schedule", "freeze_head", "decay_all")},
+    **{k: f"runtime.{k}" for k in ("image_size", "amp", "compile", "channels_last", "device", "batched_augment",
+                                   "checkpoint_every", "log_every", "progress", "sync_bn", "online_classifier")},
+    "num_workers": "runtime.workers",
+}
+
+
+
+def config_from_keywords(config: ReLAConfig | None, method: Any, kwargs: dict[str, Any]) -> ReLAConfig:
+    """The keyword form laid over ``config`` (or the defaults): every keyword given (not None) sets its setting;
+    an unknown keyword names itself."""
+    unknown = sorted(set(kwargs) - set(KEYWORDS))
+    if unknown:
+        raise UserError(f"unknown keyword {unknown[0]!r}; settings: {', '.join(sorted(KEYWORDS))}")
+    changes = {KEYWORDS[k]: v for k, v in kwargs.items() if v is not None}
+    mode = changes.get("handover.mode", "adaptive")
+    if not isinstance(mode, str):
+        raise UserError("handover: pass a mode ('adaptive', 'constant', 'off') and the rule's settings as keywords "
+                        "(threshold=, soft_steps=, warm_heads=, lambda_const=, floor=), not a HandOver object")
+    if changes.get("runtime.device") is not None and not isinstance(changes["runtime.device"], str):
+        changes["runtime.device"] = str(changes["runtime.device"])  # a torch.device
+    if isinstance(method, str):
+        from rela_fast.train.methods import METHODS
+
+        if method.lower() not in METHODS:
+            raise UserError(f"method {method!r}: unknown; use one of {', '.join(METHODS)} or pass a Method")
+        changes["method"] = method.lower()
+    elif method is not None:
+        from rela_fast.train.methods import Method
+
+        if not isinstance(method, Method):
+            raise UserError(f"method: expected a name or a rela_fast.train.Method, got {type(method).__name__}")
+        changes["method"] = method.name
+    return (config or ReLAConfig()).replace(**changes)
+
+
 # -- the command line, built from the fields ----------------------------------------------------------
 _CLI_SKIP = {"method_kwargs", "runtime.progress"}  # --method-arg KEY=VALUE and --no-progress/--quiet
 

@@ -90,3 +90,27 @@ def open_train_data(data: Any, targets: Any, rows: Any = None) -> TrainData:
         if rows is not None:
             labels = labels[rows]
     return _subset(TrainData(source, t, rows, labels), rows_arg)
+
+
+def open_targets_only(targets: Any) -> TrainData:
+    """Targets without their data (the engine in a user's own loop): a store, its folder or an N x d tensor.
+
+    The store's rows and labels come along; nothing checks them against images here (pass the data to
+    ``ReLAEngine.create`` for that)."""
+    if targets is None:
+        raise UserError("targets: without data, the engine needs a target store, its folder or an N x d tensor")
+    if isinstance(targets, str | os.PathLike):
+        from rela_fast.targets import load_targets
+
+        targets = load_targets(targets)
+    if isinstance(targets, torch.Tensor | np.ndarray):
+        t = torch.as_tensor(targets).float()
+        if t.ndim != 2:
+            raise UserError(f"targets: shape {tuple(t.shape)}; expected N x d")
+        return TrainData(None, t, None, None)
+    if not hasattr(targets, "targets"):
+        raise UserError(f"targets: expected a target store, its directory or an N x d tensor, got "
+                        f"{type(targets).__name__}")
+    rows, labels = getattr(targets, "rows", None), getattr(targets, "labels", None)
+    return TrainData(None, targets.targets, None if rows is None else torch.as_tensor(np.asarray(rows)).long(),
+                     None if labels is None else torch.as_tensor(np.asarray(labels)).long())

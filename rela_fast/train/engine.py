@@ -79,9 +79,54 @@ class ReLAEngine:
         self.method_views = method_views
         self.targets, self.head = self._build_targets(targets)
         self.handover = self._build_handover()
+        self.labels = labels  # class ids of the samples (stratified subsets), or None
         self.book, self.sampler = self._build_subset(labels)
         self.pending = Pending()
         self.last: dict[str, Any] = {}
+        self.rows: torch.Tensor | None = None  # engine sample j = data row rows[j] (a store's rows), else j
+
+    @classmethod
+    def create(cls, targets: Any, data: Any = None, *, feature_dim: int, config: ReLAConfig | None = None,
+               method: Any = None, device: str | torch.device = "cpu", rows: Any = None,
+               **settings: Any) -> ReLAEngine:
+        """An engine from a target store (or its folder, or an N x d tensor; None = the plain method) and the
+        data it was made from (any source ``rela_fast`` reads, a torch or Hugging Face dataset), with the
+        settings as keywords (``budget=0.2, epochs=30, ...``: :data:`~rela_fast.train.config.KEYWORDS`).
+
+        With ``data`` the store is checked against it (same images) and its labels are used for stratified
+        subsets; :attr:`rows` then maps engine sample j to the data's row (``IndexedDataset(ds, rows=...)``).
+        """
+        from rela_fast.train.config import config_from_keywords
+        from rela_fast.train.data import open_targets_only, open_train_data
+
+        config = config_from_keywords(config, method, settings)
+        td = open_train_data(data, targets, rows) if data is not None else open_targets_only(targets)
+        engine = cls(config, n=td.n, targets=td.targets, feature_dim=feature_dim, labels=td.labels, device=device)
+        engine.rows = td.rows
+        return engine
+
+    def place(self, *, device: str | torch.device | None = None, rank: int | None = None,
+              world: int | None = None) -> None:
+        """Move an engine built before its processes or devices existed onto them (before the first step).
+
+        A Lightning fit launches its processes and picks their devices after the user built the engine; its
+        callback calls this in ``setup``. The subsets stay the run's (one seed, one global draw): this rank
+        gets its own shard of them, and the targets (unless memory-mapped), the transfer head and the scores
+        move to ``device``. :attr:`sampler` is rebuilt: read it after this call.
+        """
+        device = self.device if device is None else torch.device(device)
+        rank = self.rank if rank is None else int(rank)
+        world = self.world if world is None else int(world)
+        if (device, rank, world) == (self.device, self.rank, self.world):
+            return
+        if self.handover.step or self.pending.idx:
+            raise RuntimeError("ReLAEngine.place: call it before the first step")
+        self.device, self.rank, self.world = device, rank, world
+        if self.targets is not None and self.targets.numel() * 4 <= 1 << 30:
+            self.targets = self.targets.to(device)
+        if self.head is not None:
+            self.head.to(device)
+        self.book, self.sampler = self._build_subset(self.labels)
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _build_targets(self, targets: torch.Tensor | None) -> tuple[torch.Tensor | None, nn.Module | None]:
@@ -301,6 +346,7 @@ class ReLAEngine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the same hand-over state, scores and (mid-epoch) the same subset at the same position."""
         self.handover.load_state_dict(state["handover"])
+        self.handover.epochs = self.config.epochs  # a continued run: the constant rule counts the new length
         self.book.load_state_dict(state["scores"])
         if self.head is not None and state.get("head") is not None:
             self.head.load_state_dict(state["head"])

@@ -19,7 +19,7 @@ import hashlib
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import nn
 from rela_fast.config_files import dump_run
 from rela_fast.errors import UserError
 from rela_fast.train.callbacks import Callback, CallbackList, Clock, TrainState
-from rela_fast.train.config import ReLAConfig
+from rela_fast.train.config import KEYWORDS, ReLAConfig, config_from_keywords
 from rela_fast.train.guards import check_loss
 from rela_fast.train.methods import Method
 from rela_fast.train.optim import build_optimizer, lr_at
@@ -43,20 +43,6 @@ __all__ = ["KEYWORDS", "ReLATrainer", "Student", "TrainResult", "TrainState", "b
 
 # Test hook: SIGKILL this process right after optimiser step N (resume tests).
 KILL_AFTER_STEP_ENV = "RELA_FAST_TRAIN_KILL_AFTER_STEP"
-
-KEYWORDS = {  # ReLATrainer's keyword form -> the config setting it sets
-    "epochs": "epochs", "seed": "seed", "max_steps": "max_steps", "method_kwargs": "method_kwargs",
-    "budget": "subset.budget", "subset_policy": "subset.policy", "prune_ratio": "subset.prune_ratio",
-    "score_momentum": "subset.score_momentum", "stratify": "subset.stratify",
-    "handover": "handover.mode", "lambda_const": "handover.lambda_const", "soft_steps": "handover.soft_steps",
-    "warm_heads": "handover.warm_heads", "floor": "handover.floor", "threshold": "handover.threshold",
-    **{k: f"optim.{k}" for k in ("recipe", "batch_size", "accumulate", "lr", "optimizer", "weight_decay", "momentum",
-                                 "warmup", "schedule", "freeze_head", "decay_all")},
-    **{k: f"runtime.{k}" for k in ("image_size", "amp", "compile", "channels_last", "device", "batched_augment",
-                                   "checkpoint_every", "log_every", "progress", "sync_bn", "online_classifier")},
-    "num_workers": "runtime.workers",
-}
-
 
 @dataclass
 class TrainResult:
@@ -109,32 +95,6 @@ class _Accum:
     sums: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.perf_counter)
     lam: float = 1.0  # the ReLA weight these micro-batches used
-
-
-def config_from_keywords(config: ReLAConfig | None, method: Any, kwargs: dict[str, Any]) -> ReLAConfig:
-    """The keyword form laid over ``config`` (or the defaults): every keyword given (not None) sets its setting;
-    an unknown keyword names itself."""
-    unknown = sorted(set(kwargs) - set(KEYWORDS))
-    if unknown:
-        raise UserError(f"ReLATrainer: unknown keyword {unknown[0]!r}; settings: {', '.join(sorted(KEYWORDS))}")
-    changes = {KEYWORDS[k]: v for k, v in kwargs.items() if v is not None}
-    mode = changes.get("handover.mode", "adaptive")
-    if not isinstance(mode, str):
-        raise UserError("handover: pass a mode ('adaptive', 'constant', 'off') and the rule's settings as keywords "
-                        "(threshold=, soft_steps=, warm_heads=, lambda_const=, floor=), not a HandOver object")
-    if isinstance(changes.get("runtime.device"), torch.device):
-        changes["runtime.device"] = str(changes["runtime.device"])
-    if isinstance(method, str):
-        from rela_fast.train.methods import METHODS
-
-        if method.lower() not in METHODS:
-            raise UserError(f"method {method!r}: unknown; use one of {', '.join(METHODS)} or pass a Method")
-        changes["method"] = method.lower()
-    elif isinstance(method, Method):
-        changes["method"] = method.name
-    else:
-        raise UserError(f"method: expected a name or a rela_fast.train.Method, got {type(method).__name__}")
-    return (config or ReLAConfig()).replace(**changes)
 
 
 class ReLATrainer:
@@ -262,14 +222,23 @@ class ReLATrainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.state = TrainState.from_state_dict(state["train_state"])
 
-    def _targets_path(self) -> str | None:
-        t = self.targets
-        return str(t) if isinstance(t, str | os.PathLike) else str(getattr(t, "root", "")) or None
+    def _inputs(self) -> dict[str, Any]:
+        """The run's inputs where they are paths (config.json; ``--continue`` reads them back)."""
+        def path(x: Any) -> str | None:
+            return str(x) if isinstance(x, str | os.PathLike) else None
+
+        return {"data": path(self.data_arg), "targets": path(getattr(self.targets, "root", self.targets)),
+                "out": self.out}
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, data: Any, *, resume: bool = True) -> TrainResult:
-        """Train on ``data`` (a path, an array, a dataset or a Source); resumes from ``out/checkpoint.pt``."""
+    def fit(self, data: Any, *, resume: bool = True, extend: bool = False) -> TrainResult:
+        """Train on ``data`` (a path, an array, a dataset or a Source); resumes from ``out/checkpoint.pt``.
+
+        ``extend=True`` continues a run that was trained for other ``epochs`` / ``max_steps`` (every other
+        setting and the data must match): docs/USAGE.md, "Continue a finished run"."""
+        self.data_arg = data
         self._build(data)
+        self.files.allow_continue = extend
         with self.files.claim():  # one run per folder; only files this run wrote are replaced
             return self._fit(resume)
 
@@ -279,7 +248,7 @@ class ReLATrainer:
         if state is not None:
             self._resume(state)
         self.files.open_log(resumed_at=self.state.step if state is not None else None)
-        self.files.write_config(dump_run(self.config, {"targets": self._targets_path(), "out": self.out}))
+        self.files.write_config(dump_run(self.config, self._inputs()))
         self.clock = Clock(self.state.wall_time)
         self.kill_after = int(os.environ.get(KILL_AFTER_STEP_ENV, "0") or 0)
         self.student.train()
@@ -453,7 +422,7 @@ class ReLATrainer:
         handover = self.engine.handover.state_dict()
         summary = {"steps": s.step, "epochs": self.config.epochs, "wall_time": s.wall_time,
                    "images_seen": s.images_seen, "handover": handover, "online_accuracy": acc,
-                   "config": self.config.to_dict(), "identity": self.plan.identity}
+                   "config": self.config.to_dict(), "recipe": asdict(self.plan.recipe), "identity": self.plan.identity}
         png = self.files.finish(summary)
         p = self.plan
         return TrainResult(
