@@ -1,12 +1,13 @@
-"""Training-run safety: settings and inputs checked before a run, one run per folder, finite losses.
+"""Training-run safety: inputs checked before a run, one run per folder, finite losses (settings are typed and
+ranged by ReLAConfig).
 
-The trainer calls these at four points (kept tiny so its loop stays readable):
+The trainer calls these at three points (kept tiny so its loop stays readable):
 
-* :func:`check_settings` in ``__init__``: numbers must be finite and in range, the device must exist;
 * :func:`check_inputs` once the data is open: targets finite, labels class ids below ``MAX_CLASSES``,
   ``stratify`` only with labels;
-* :func:`claim_run_dir` around the run: the folder's lock (a second run on the same ``--out`` is refused,
-  under DDP on every rank), then a stale ``checkpoint.pt.tmp`` from a killed run is removed;
+* :func:`claim_run_dir` around the run: the folder must be new, empty or a run rela_fast made (its manifest,
+  :mod:`rela_fast.outputs`), its lock is held (a second run on the same ``--out`` is refused, under DDP on
+  every rank), and it yields the :class:`~rela_fast.outputs.OutputDir` every run file is written through;
 * :func:`check_loss` after every optimiser step: a NaN or inf loss stops the run before anything is saved,
   so the last checkpoint on disk is the last good one.
 """
@@ -15,54 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from rela_fast.data.limits import MAX_CLASSES
 from rela_fast.errors import UserError
-from rela_fast.models.checkpoint import MAX_IMAGE_SIZE
+from rela_fast.outputs import OutputDir, check_claim, claim, is_ours, normalize_out
 from rela_fast.runlock import RUN_MARKER, RunLock
-from rela_fast.train.checkpoint import remove_stale_tmp
 
 _CHUNK_ROWS = 1 << 16
-
-
-def _number(name: str, value: Any, lo: float, hi: float = math.inf, *, hi_open: bool = False,
-            integer: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and lo <= value and (value < hi if hi_open else value <= hi)
-    if integer:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        bound = f"[{lo}, {hi}{')' if hi_open else ']'}"
-        raise UserError(f"{name}={value!r}: must be a finite {'whole ' if integer else ''}number in {bound}")
-
-
-def check_settings(*, lr: float, warmup: float, weight_decay: float, momentum: float, image_size: int | None,
-                   num_workers: int, max_steps: int | None, checkpoint_every: int | None, soft_steps: int,
-                   lambda_const: float | None, device: Any, warm_heads: int = 0) -> None:
-    """Refuse settings that would crash late or train on NaN (all numbers finite, each in its range)."""
-    _number("lr", lr, 0.0)
-    _number("warmup", warmup, 0.0, 1.0, hi_open=True)  # a fraction of the steps (lr_at's warm-up)
-    _number("weight_decay", weight_decay, 0.0)
-    _number("momentum", momentum, 0.0, 1.0)
-    _number("num_workers", num_workers, 0, 256, integer=True)
-    _number("soft_steps", soft_steps, 0, integer=True)
-    _number("warm_heads", warm_heads, 0, integer=True)
-    for name, value, lo, hi in (("image_size", image_size, 1, MAX_IMAGE_SIZE), ("max_steps", max_steps, 1, math.inf),
-                                ("checkpoint_every", checkpoint_every, 1, math.inf),
-                                ("lambda_const", lambda_const, 0.0, 1.0)):
-        if value is not None:
-            _number(name, value, lo, hi, integer=name != "lambda_const")
-    if device is not None and not isinstance(device, torch.device):
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError, ValueError):
-            raise UserError(f"device={device!r}: not a device; use 'cpu' or 'cuda'") from None
 
 
 def check_finite_rows(t: torch.Tensor | np.ndarray, what: str) -> None:
@@ -95,18 +61,50 @@ def check_inputs(targets: torch.Tensor | None, labels: torch.Tensor | None, stra
                         "drop --stratify or give labelled data")
 
 
+RUN_KIND = "train-run"  # the kind of a training run's folder in its manifest (rela_fast.outputs)
+
+
+def lock_file_entry(name: str, path: Path) -> bool:
+    """The run's lock file, :data:`~rela_fast.runlock.RUN_MARKER`: an empty regular file (flock only; rela_fast
+    never writes or deletes it), accepted before the manifest lists it."""
+    return name == RUN_MARKER and not path.is_symlink() and path.is_file() and path.stat().st_size == 0
+
+
+def claim_run(out: Path) -> OutputDir:
+    """``out`` as a training run's folder: new, empty, or a run rela_fast made (its manifest proves every file);
+    else a UserError naming the first file it did not write. Call it with the run's lock held."""
+    return claim(out, RUN_KIND, also_ours=lock_file_entry)
+
+
+def run_is_ours(out: str | os.PathLike) -> bool:
+    """Whether ``out`` is a non-empty training run's folder that rela_fast made (manifest proven)."""
+    return is_ours(out, RUN_KIND, also_ours=lock_file_entry)
+
+
 @contextlib.contextmanager
-def claim_run_dir(out: Path | None, rank: int = 0, world: int = 1) -> Iterator[None]:
-    """Hold ``out``'s run lock for the block (rank 0 locks; every rank raises if it is taken), and remove
-    a stale ``checkpoint.pt.tmp`` once the lock is ours: no other run can be writing it then."""
-    lock, message = None, None
+def claim_run_dir(out: Path | None, rank: int = 0, world: int = 1) -> Iterator[OutputDir | None]:
+    """Claim ``out`` for a run and hold its lock for the block; yields the :class:`~rela_fast.outputs.OutputDir`
+    to write every file through (rank 0; None on other ranks or without ``out``).
+
+    The folder must be new, empty or a run of ours (:func:`claim_run`): a user's folder, or one holding any
+    file the run did not write, is refused on every rank before anything is created or written. Then the
+    lock is taken (a second run on the same folder is refused), and the claim repeated under it."""
+    lock, message, run_dir = None, None, None
     if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(out / RUN_MARKER, f"{out}: another rela-fast train is running in this folder (lock file "
-                                          f"{out / RUN_MARKER}); wait for it to finish or use another --out")
-        message = lock.try_acquire()
+        out = normalize_out(out)
+        message = check_claim(out, RUN_KIND, also_ours=lock_file_entry)
         if message is None:
-            remove_stale_tmp(out / "checkpoint.pt")
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out / RUN_MARKER, f"{out}: another rela-fast train is running in this folder (lock file "
+                                              f"{out / RUN_MARKER}); wait for it to finish or use another --out")
+            message = lock.try_acquire()
+        if message is None:
+            try:
+                run_dir = claim_run(out)
+                if RUN_MARKER not in run_dir.files and (out / RUN_MARKER).is_file():
+                    run_dir.record(RUN_MARKER)
+            except UserError as exc:
+                message = str(exc)
     if world > 1:
         import torch.distributed as dist
 
@@ -114,12 +112,26 @@ def claim_run_dir(out: Path | None, rank: int = 0, world: int = 1) -> Iterator[N
         dist.broadcast_object_list(box, src=0)
         message = box[0]
     if message is not None:
-        raise UserError(message)
-    try:
-        yield
-    finally:
         if lock is not None:
             lock.release()
+        raise UserError(message)
+    try:
+        yield run_dir
+    finally:
+        if run_dir is not None:
+            _adopt_unlisted(run_dir)
+            run_dir.close()
+        if lock is not None:
+            lock.release()
+
+
+# TODO(lead): remove once RunFiles.finish writes summary.json with run_dir.write_json (the rest already goes
+# through the claim: save_checkpoint, MetricsLog and plot_metrics find it with rela_fast.outputs.claimed_for)
+def _adopt_unlisted(run_dir: OutputDir) -> None:
+    """Transitional: list ``summary.json``, written directly by the trainer, in the run's manifest."""
+    path = run_dir.path / "summary.json"
+    if path.is_file() and not path.is_symlink():
+        run_dir.record("summary.json")
 
 
 def check_loss(loss: float, step: int, epoch: int) -> None:

@@ -66,6 +66,6 @@ def resolve_recipe(name: str, *, batch_size: int | None = None, lr: float | None
     if name == "authors" and _is_byol(method):
         mkw.setdefault("base_momentum", 0.99)
         mkw.setdefault("final_momentum", 0.99)
-    # lr is checked with the trainer's other settings (check_settings)
+    # lr, like every setting, is typed and ranged by the run's ReLAConfig (train/config.py)
     return Recipe(name, int(chosen["batch_size"]), chosen["lr"], wd, chosen["schedule"], bool(chosen["freeze_head"]),
                   bool(chosen["decay_all"]), mkw)
