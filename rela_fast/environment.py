@@ -12,6 +12,7 @@ import platform
 
 import torch
 
+from rela_fast.distributed import env_int
 from rela_fast.errors import UserError
 from rela_fast.ops import backend as dispatch
 
@@ -49,7 +50,7 @@ def resolve_device(device: str | torch.device | None = None, *, what: str = "dev
         if not torch.cuda.is_available():
             raise UserError(f"{what}={device!r}: no CUDA device is available here; use 'cpu'")
         if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            dev = torch.device("cuda", env_int("LOCAL_RANK", 0))
         if dev.index >= torch.cuda.device_count():
             raise UserError(f"{what}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

@@ -16,8 +16,8 @@ the first file rela_fast did not write, and nothing in the folder is touched.
 
 Writing (:class:`OutputDir`, from :func:`claim`):
 
-* every write goes to a fresh temporary file in the same folder, is flushed and fsynced, and is
-  ``os.replace``\\ d onto the name itself (atomic; a link of that name is refused, never written through);
+* every write goes to a fresh temporary file in the same folder, is flushed and fsynced, and is renamed
+  with ``os.replace`` onto the name itself (atomic; a link of that name is refused, never written through);
 * the manifest is updated after each write (itself written atomically); a temporary is listed as pending
   before it is created, so one left by a killed process is removed by the next claim, and a kill between
   the rename and the manifest update is recognised (the pending entry carries the new size and hash);
@@ -32,7 +32,8 @@ entry that resolves outside it (a link to ``/etc/passwd``) and any file larger t
 
 API::
 
-    claim(path, kind, *, also_ours=None, legacy=None) -> OutputDir
+    claim(path, kind, *, also_ours=None, legacy=None) -> OutputDir    # also a context manager (close())
+    claimed_for(file_path) -> OutputDir | None                        # the open claim a file lies in
     check_claim(path, kind, *, also_ours=None, legacy=None) -> str | None   # the refusal, touching nothing
     is_ours(path, kind, ...) -> bool
     remove_tree(path, kind, ...) -> bool                                     # rmtree only a claimable folder
@@ -68,7 +69,7 @@ from typing import Any
 from rela_fast.errors import UserError
 
 __all__ = [
-    "MANIFEST", "OutputDir", "check_claim", "claim", "inside", "is_ours", "no_space", "read_bounded",
+    "MANIFEST", "OutputDir", "check_claim", "claim", "claimed_for", "inside", "is_ours", "no_space", "read_bounded",
     "remove_tree", "normalize_out",
 ]
 
@@ -79,6 +80,7 @@ TMP_INFIX = ".rela-tmp-"
 _MANIFEST_TMP = re.compile(re.escape(MANIFEST) + r"\.tmp-\d+-[0-9a-f]{8}")
 _KIND = re.compile(r"[a-z][a-z0-9-]{0,40}")
 _CHUNK = 1 << 20
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's message for a write the disk cut short
 
 AlsoOurs = Callable[[str, Path], bool]
 Legacy = Callable[[Path], bool]
@@ -122,7 +124,7 @@ def _regular(st: os.stat_result) -> bool:
 
 
 # -- the manifest ------------------------------------------------------------------------------------------
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
+def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The folder's manifest when it is a regular file holding one this module wrote, else None."""
     path = folder / MANIFEST
     try:
@@ -140,7 +142,7 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return doc if ok else None
 
 
-def _pid_alive(pid: Any, host: Any) -> bool:
+def process_alive(pid: Any, host: Any) -> bool:
     """Whether the process that listed a temporary may still run (another host or no answer: assume so)."""
     if host != socket.gethostname() or type(pid) is not int:
         return True
@@ -164,7 +166,7 @@ class _Verdict:
 
 
 def _refuse(folder: Path, name: str, why: str) -> _Verdict:
-    return _Verdict(f"{folder / name}: {why}; {MOVE_AWAY}")
+    return _Verdict(f"{folder}: holds other files: {why.format(repr(name))}; {MOVE_AWAY}")
 
 
 def _judge(folder: Path, kind: str, also_ours: AlsoOurs | None, legacy: Legacy | None) -> _Verdict:
@@ -181,12 +183,14 @@ def _judge(folder: Path, kind: str, also_ours: AlsoOurs | None, legacy: Legacy |
         return _Verdict(f"{folder}: cannot be listed ({exc.strerror or exc}); check its permissions")
     if not names:
         return _Verdict(None, _new_manifest(kind))
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     if manifest is None:
         if legacy is not None and legacy(folder):
             return _Verdict(None, _adopt_legacy(folder, names, kind))
-        first = next((n for n in names if not (also_ours and also_ours(n, folder / n))), names[0])
-        return _refuse(folder, first, f"not written by rela_fast (the folder has no {MANIFEST} listing it)")
+        first = next((n for n in names if not (also_ours and also_ours(n, folder / n))), None)
+        if first is None:  # nothing but entries the caller recognises by their structure
+            return _Verdict(None, _new_manifest(kind))
+        return _refuse(folder, first, "rela_fast did not make {} (the folder has no " + MANIFEST + ")")
     if manifest["kind"] != kind:
         return _Verdict(f"{folder}: holds rela_fast's {manifest['kind']!r} output, and this command writes "
                         f"{kind!r} output; {MOVE_AWAY}")
@@ -199,10 +203,14 @@ def _check_entries(folder: Path, names: list[str], manifest: dict[str, Any],
     stale = []
     for name in names:
         path = folder / name
-        if name == MANIFEST or _MANIFEST_TMP.fullmatch(name):
+        if name == MANIFEST:
+            continue
+        if _MANIFEST_TMP.fullmatch(name):  # a manifest write cut short by a kill
+            if not process_alive(int(name.split("-")[-2]), socket.gethostname()):
+                stale.append(name)
             continue
         if name in pending:
-            if not _pid_alive(pending[name].get("pid"), pending[name].get("host")):
+            if not process_alive(pending[name].get("pid"), pending[name].get("host")):
                 stale.append(name)
             continue
         if name in files:
@@ -211,11 +219,11 @@ def _check_entries(folder: Path, names: list[str], manifest: dict[str, Any],
             late = [p for p in pending.values() if p.get("name") == name and "sha256" in p]
             if any(_entry_matches(path, p) for p in late):  # killed between the rename and the manifest
                 continue
-            return _refuse(folder, name, "changed since rela_fast wrote it (its size or hash differs from the "
-                                         f"folder's {MANIFEST}), so it is not rela_fast's any more")
+            return _refuse(folder, name, "{} changed since rela_fast made it (its size or hash differs from "
+                                         "the folder's " + MANIFEST + "), so it is not rela_fast's any more")
         if also_ours is not None and also_ours(name, path):
             continue
-        return _refuse(folder, name, f"not written by rela_fast ({MANIFEST} does not list it)")
+        return _refuse(folder, name, "rela_fast did not make {} (" + MANIFEST + " does not list it)")
     return _Verdict(None, manifest, stale)
 
 
@@ -285,6 +293,7 @@ def claim(path: str | os.PathLike, kind: str, *, also_ours: AlsoOurs | None = No
         raise no_space(exc, folder) or UserError(
             f"{folder}: cannot create the folder ({exc.strerror or exc}); choose another output folder") from None
     out = OutputDir(folder, kind, verdict.manifest)
+    _OPEN[folder.resolve()] = out
     for name in verdict.stale:
         out._drop_pending(name)
     if verdict.stale or not (folder / MANIFEST).exists():
@@ -307,6 +316,17 @@ def remove_tree(path: str | os.PathLike, kind: str, *, also_ours: AlsoOurs | Non
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
+_OPEN: dict[Path, OutputDir] = {}  # folders this process claimed and has not closed
+
+
+def claimed_for(path: str | os.PathLike) -> OutputDir | None:
+    """The open :class:`OutputDir` (claimed by this process, not yet closed) that file ``path`` lies in.
+
+    Lets a writer that is handed a plain path (``save_checkpoint(state, run / "checkpoint.pt")``) write it
+    through the folder's manifest when the folder was claimed, and as a plain atomic write otherwise."""
+    return _OPEN.get(Path(path).parent.resolve())
+
+
 class OutputDir:
     """A claimed output folder: every write is atomic and recorded in the manifest (see the module docstring)."""
 
@@ -324,6 +344,17 @@ class OutputDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
+    def close(self) -> None:
+        """Stop offering this folder to :func:`claimed_for` (the claim ends; files written stay listed)."""
+        if _OPEN.get(self.path.resolve()) is self:
+            del _OPEN[self.path.resolve()]
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def files(self) -> dict[str, dict[str, Any]]:
         """The files rela_fast wrote here: ``{name: {"size", "sha256"[, "log"]}}`` (a copy)."""
@@ -333,6 +364,7 @@ class OutputDir:
     def _save(self) -> None:
         """Write the manifest atomically (a unique temporary, then ``os.replace``)."""
         tmp = self.path / f"{MANIFEST}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self._manifest.update(pid=os.getpid(), host=socket.gethostname())  # the last writer (stale temporaries)
         data = json.dumps(self._manifest, indent=0, sort_keys=True).encode()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
@@ -346,7 +378,7 @@ class OutputDir:
             raise
 
     def _drop_pending(self, tmp_name: str) -> None:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             (self.path / tmp_name).unlink()
         self._manifest["pending"].pop(tmp_name, None)
 
@@ -429,7 +461,7 @@ class OutputDir:
         hasher = self._logs.get(name)
         flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
         try:
-            if entry is None:
+            if entry is None or not path.exists():  # a new log (or a listed one deleted meanwhile)
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
                 hasher = hashlib.sha256()
             else:
@@ -493,7 +525,8 @@ def _fsync_dir(path: Path) -> None:
 def no_space(exc: BaseException, path: str | os.PathLike) -> UserError | None:
     """A one-line UserError for a full disk or quota (ENOSPC, EDQUOT) while writing ``path``; else None."""
     codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    if isinstance(exc, OSError) and exc.errno in codes:
+    short = isinstance(exc, OSError) and exc.errno is None and SHORT_WRITE.search(str(exc))  # numpy's tofile
+    if isinstance(exc, OSError) and (exc.errno in codes or short):
         return UserError(f"{path}: no space left on the device (or over quota) while writing it; free some space "
                          "or choose another output folder")
     return None

@@ -1,62 +1,55 @@
-"""Which directories rela_fast made, so that it only ever replaces or deletes its own.
+"""Which of the converter's folders are rela_fast's, by the one rule of :mod:`rela_fast.outputs`.
 
-A directory rela_fast creates (a target store, the ``<out>.work`` feature-shard folder, temporary build
-and trash folders) holds a marker file, :data:`MARKER`, written by rela_fast: JSON with ``format``
-(always ``"rela_fast"``), ``kind``, and the ``pid`` and ``host`` of the process that made it. Rules:
+The converter writes three kinds of folder beside ``--out``; each is rela_fast's only when its manifest
+(:data:`MARKER`, ``.rela_fast.manifest.json``) proves it, file by file (size + sha256):
 
-* replace or delete only a directory that carries the marker (or a store / work folder in the previous
-  version's layout, recognised by its ``meta.json`` / ``plan.json``: see :func:`legacy_store`);
-* temporary folders get fresh, hidden names (``.<out>.rela-tmp-XXXXXXXX``, created with ``mkdtemp`` so
-  they can never be a user's existing folder), and the stale ones of dead processes are removed only when
-  marked;
-* everything inside a marked directory belongs to it.
+* the target store itself (kind ``"target-store"``);
+* ``<out>.work``, the feature shards (kind ``"convert-work"``): ``plan.json`` is listed; the shard folders,
+  written by several ranks at once, are accepted by their structure (``shard-KKKKKK[.tmp-PID]/`` holding
+  only ``features.npy``, ``rows.npy`` and ``info.json``, no links);
+* hidden temporaries ``.<out>.rela-tmp-XXXXXXXX`` (a store being built, or the trash of a replaced one),
+  with fresh names; those of dead processes are removed when their manifest still proves them.
+
+Folders written before manifests existed are recognised only in their exact layout: a store holding
+nothing but the store's own file names (:data:`STORE_FILES`, plus the old ``.rela_fast.json`` marker) with a
+``meta.json`` of schema 1, and a work folder holding nothing but ``plan.json`` and shard folders. The old
+marker on its own proves nothing (a copy of it in a user's folder used to let ``--overwrite`` delete it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
-import tempfile
-import time
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
+from rela_fast.outputs import MANIFEST, OutputDir, claim, is_ours, process_alive, read_manifest, remove_tree
+
 __all__ = [
-    "MARKER", "mark", "marker", "owned", "legacy_store", "legacy_work", "ours", "make_temp_dir",
-    "remove_dead_temps", "remove_if_ours",
+    "MARKER", "LEGACY_MARKER", "STORE_FILES", "legacy_store", "legacy_work", "make_temp_dir", "ours", "pid_alive",
+    "remove_dead_temps", "remove_if_ours", "shard_entry", "store_is_ours", "work_is_ours",
 ]
 
-MARKER = ".rela_fast.json"
-FORMAT = "rela_fast"
+MARKER = MANIFEST  # what marks a folder as rela_fast's: its manifest
+LEGACY_MARKER = ".rela_fast.json"  # the marker of 0.2 before manifests: accepted only inside an exact layout
 TEMP_INFIX = ".rela-tmp-"
+STORE_KIND, WORK_KIND = "target-store", "convert-work"
+STORE_FILES = frozenset({
+    "meta.json", "targets.npy", "rows.npy", "labels.npy", "source.json", "skipped.json", "pca_mean.npy",
+    "pca_components.npy", "eigenvalues.npy", "target_mean.npy", "target_std.npy",
+})
+_STORE_REQUIRED = frozenset({"meta.json", "targets.npy", "rows.npy"})
+_SHARD = re.compile(r"shard-\d{6}(\.tmp-\d+)?")
+_SHARD_FILES = frozenset({"features.npy", "rows.npy", "info.json"})
 
 
-def mark(path: str | os.PathLike, kind: str) -> None:
-    """Write the marker into the existing directory ``path`` (atomically: temporary file + rename)."""
-    path = Path(path)
-    info = {"format": FORMAT, "kind": kind, "pid": os.getpid(), "host": socket.gethostname(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = path / f"{MARKER}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path / MARKER)
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host may still run (this process: yes; no permission to ask: yes)."""
+    import socket
 
-
-def marker(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The marker of directory ``path``, or None when there is none (or it is not rela_fast's)."""
-    try:
-        with open(Path(path) / MARKER, encoding="utf-8") as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
-
-
-def owned(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a directory with rela_fast's marker."""
-    return Path(path).is_dir() and marker(path) is not None
+    return process_alive(pid, socket.gethostname())
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -68,82 +61,105 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+def _plain_files(path: Path) -> list[str] | None:
+    """The names in folder ``path`` when every entry is a regular file (no links, no folders), else None."""
+    names = []
+    for entry in os.scandir(path):
+        if not entry.is_file(follow_symlinks=False):
+            return None
+        names.append(entry.name)
+    return names
+
+
 def legacy_store(path: str | os.PathLike) -> bool:
-    """A target store written by rela_fast 0.1 before markers existed: ``meta.json`` with schema_version 1,
-    a prior and a source fingerprint, next to ``targets.npy`` and ``rows.npy``, and nothing but .npy/.json
-    files. Treated as rela_fast's own (it is replaced by ``--overwrite``; a new marked store takes its place)."""
+    """A store written before manifests: only store file names (and the old marker), all regular files, the
+    required ones present, and a ``meta.json`` of schema 1 naming a prior and a source."""
     path = Path(path)
-    meta = read_json_or_none(path / "meta.json")
-    if not (isinstance(meta, dict) and meta.get("schema_version") == 1 and isinstance(meta.get("prior"), dict)
-            and isinstance(meta.get("source"), dict)):
+    if not path.is_dir() or path.is_symlink():
         return False
-    names = [p.name for p in path.iterdir()]
-    return {"targets.npy", "rows.npy"} <= set(names) and all(n.endswith((".npy", ".json")) for n in names)
+    names = _plain_files(path)
+    if names is None or not set(names) >= _STORE_REQUIRED or set(names) - STORE_FILES - {LEGACY_MARKER}:
+        return False
+    meta = read_json_or_none(path / "meta.json")
+    return (isinstance(meta, dict) and meta.get("schema_version") == 1 and isinstance(meta.get("prior"), dict)
+            and isinstance(meta.get("source"), dict))
+
+
+def shard_entry(name: str, path: Path) -> bool:
+    """A feature-shard folder of ``<out>.work`` (or one being written): by its name and exact contents."""
+    if not _SHARD.fullmatch(name) or path.is_symlink() or not path.is_dir():
+        return False
+    names = _plain_files(path)
+    return names is not None and set(names) <= _SHARD_FILES
 
 
 def legacy_work(path: str | os.PathLike) -> bool:
-    """A ``<out>.work`` folder of rela_fast 0.1: ``plan.json`` (with schema_version and prior) and only
-    ``plan.json*`` and ``shard-*`` entries."""
+    """A ``<out>.work`` folder written before manifests: a ``plan.json`` (schema_version, prior) and nothing
+    but shard folders (and the old marker)."""
     path = Path(path)
     plan = read_json_or_none(path / "plan.json")
     if not (isinstance(plan, dict) and "schema_version" in plan and "prior" in plan):
         return False
-    return all(p.name.startswith(("plan.json", "shard-")) for p in path.iterdir())
+    return all(e.name in ("plan.json", LEGACY_MARKER) and e.is_file(follow_symlinks=False)
+               or shard_entry(e.name, Path(e.path)) for e in os.scandir(path))
+
+
+def store_is_ours(path: str | os.PathLike) -> bool:
+    return is_ours(path, STORE_KIND, legacy=legacy_store)
+
+
+def work_is_ours(path: str | os.PathLike) -> bool:
+    return is_ours(path, WORK_KIND, also_ours=shard_entry, legacy=legacy_work)
 
 
 def ours(path: str | os.PathLike) -> bool:
-    """Marked, or a store / work folder in the previous version's layout."""
-    path = Path(path)
-    return path.is_dir() and not path.is_symlink() and (owned(path) or legacy_store(path) or legacy_work(path))
+    """A non-empty store or work folder that rela_fast made (manifest proven, or an exact older layout)."""
+    return store_is_ours(path) or work_is_ours(path)
 
 
-def make_temp_dir(parent: str | os.PathLike, name: str) -> Path:
-    """A new, marked temporary directory ``parent/.<name>.rela-tmp-XXXXXXXX`` (never an existing one)."""
-    path = Path(tempfile.mkdtemp(prefix=f".{name}{TEMP_INFIX}", dir=parent))
-    mark(path, "temporary")
-    return path
+def claim_work(path: str | os.PathLike) -> OutputDir:
+    """``<out>.work`` as an :class:`~rela_fast.outputs.OutputDir` (a UserError when it is not ours)."""
+    return claim(path, WORK_KIND, also_ours=shard_entry, legacy=legacy_work)
 
 
-def _alive(info: dict[str, Any]) -> bool:
-    """Whether the process that wrote the marker may still run (another host: assume it does)."""
-    if info.get("host") != socket.gethostname():
-        return True
-    pid = info.get("pid")
-    return not isinstance(pid, int) or pid_alive(pid)
+def make_temp_dir(parent: str | os.PathLike, name: str, kind: str = "temporary") -> Path:
+    """A new temporary folder ``parent/.<name>.rela-tmp-XXXXXXXX`` (never an existing one; the user's umask
+    applies) holding a manifest of ``kind`` that names this process."""
+    for _ in range(100):
+        path = Path(parent) / f".{name}{TEMP_INFIX}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+        except FileExistsError:
+            continue
+        claim(path, kind)._save()
+        return path
+    raise FileExistsError(f"{parent}: no free temporary name for {name}")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` on this host may still run (this process: yes; no permission to ask: yes)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _trash_entry(name: str, path: Path) -> bool:
+    return name == "old" and store_is_ours(path)
 
 
 def remove_dead_temps(parent: str | os.PathLike, name: str) -> list[Path]:
-    """Delete marked temporary directories ``parent/.<name>.rela-tmp-*`` whose process is gone; unmarked
-    ones with such a name are left alone. Returns what was removed."""
-    removed = []
+    """Delete temporaries ``parent/.<name>.rela-tmp-*`` of dead processes when their manifest still proves
+    them ours; anything else with such a name is left alone. Returns what was removed."""
+    removed: list[Path] = []
     parent = Path(parent)
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{name}{TEMP_INFIX}*"):
-        info = marker(path) if path.is_dir() and not path.is_symlink() else None
-        if info is not None and not _alive(info):
-            shutil.rmtree(path, ignore_errors=True)
+        manifest = read_manifest(path) if path.is_dir() and not path.is_symlink() else None
+        if manifest is None or process_alive(manifest.get("pid"), manifest.get("host")):
+            continue
+        if remove_tree(path, manifest["kind"], also_ours=_trash_entry):
             removed.append(path)
     return removed
 
 
 def remove_if_ours(path: str | os.PathLike) -> bool:
-    """``rmtree(path)`` only when :func:`ours` says so; True when it was removed."""
-    if not ours(path):
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
-    return True
+    """Remove the store or work folder ``path`` only when :func:`ours` proves it; True when removed."""
+    path = Path(path)
+    if remove_tree(path, WORK_KIND, also_ours=shard_entry, legacy=legacy_work):
+        return True
+    return remove_tree(path, STORE_KIND, legacy=legacy_store)
+

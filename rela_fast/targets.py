@@ -15,8 +15,9 @@ then renamed into place) and never holding pickles: arrays are ``.npy`` files re
   ``skipped.json``     ``[[path, reason], ...]`` for files that could not be decoded
   ``pca_mean.npy``, ``pca_components.npy`` (P x d), ``eigenvalues.npy``, ``target_mean.npy``,
   ``target_std.npy``   the fitted projection, so new images can be mapped the same way
-  ``.rela_fast.json``  the ownership marker (:mod:`rela_fast.ownership`): ``--overwrite`` replaces only a
-                       directory that has it (or a store in the 0.1 layout, recognised by ``meta.json``)
+  ``.rela_fast.manifest.json``  every file above with its size and sha256 (:mod:`rela_fast.outputs`):
+                       ``--overwrite`` replaces only a store whose files all still match it (or a store in
+                       the exact older layout, see :func:`rela_fast.ownership.legacy_store`)
 
 Opening a store validates what it reads (:class:`TargetStore`); non-finite targets are refused.
 """
@@ -37,7 +38,8 @@ import numpy as np
 import torch
 
 from rela_fast.errors import UserError
-from rela_fast.ownership import MARKER, make_temp_dir, mark, ours
+from rela_fast.outputs import check_claim, claim, no_space, normalize_out
+from rela_fast.ownership import STORE_KIND, legacy_store, make_temp_dir
 
 __all__ = [
     "SCHEMA_VERSION", "TargetStore", "load_targets", "StoreWriter", "describe_change", "entry_keys",
@@ -324,8 +326,12 @@ def entry_keys(source: Any, mode: str = "stat") -> list[str]:
         if hasattr(source, "entry_keys"):
             return list(source.entry_keys())
         return [source.entry_key(i) for i in range(len(source))]
+    n, step = len(source), 256
+    # ThreadPoolExecutor.map ignores chunksize: one future per row cost ~90 us and ~2 KB of peak memory
+    # per row (2 GB at 10^6 rows; benchmarks/bench_scale.py), so rows go to the pool in blocks
     with ThreadPoolExecutor(8, thread_name_prefix="rela-content-key") as pool:
-        return list(pool.map(lambda i: _content_key(source, i), range(len(source)), chunksize=64))
+        blocks = pool.map(lambda s: [_content_key(source, i) for i in range(s, min(n, s + step))], range(0, n, step))
+        return [key for block in blocks for key in block]
 
 
 def source_fingerprint(source: Any, keys: list[str], mode: str = "stat") -> dict[str, Any]:
@@ -389,16 +395,26 @@ def describe_change(
 
 # -- writing -------------------------------------------------------------------------------------------
 class StoreWriter:
-    """Builds a store in a fresh, marked temporary directory next to ``out`` and swaps it into place with
-    :meth:`commit` (see :mod:`rela_fast.ownership`: only a store of ours, or an empty folder, is replaced)."""
+    """Builds a store in a fresh temporary folder next to ``out`` (an :class:`~rela_fast.outputs.OutputDir`
+    whose manifest lists every file with its size and hash) and swaps it into place with :meth:`commit`.
+
+    Only a store that rela_fast made (manifest proven, or the exact older layout), or an empty folder, is
+    replaced; a full disk is a one-line UserError naming the file."""
 
     def __init__(self, out: str | os.PathLike) -> None:
-        self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = make_temp_dir(self.out.parent, self.out.name)
+        self.out = normalize_out(out)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = make_temp_dir(self.out.parent, self.out.name, STORE_KIND)
+        except OSError as exc:
+            error = no_space(exc, self.out.parent)
+            if error is None:
+                raise
+            raise error from None
+        self.dir = claim(self.tmp, STORE_KIND)
 
     def targets(self, n: int, d: int) -> np.ndarray:
-        """A writable N x d float32 memmap of ``targets.npy``."""
+        """A writable N x d float32 memmap of ``targets.npy`` (listed in the manifest at :meth:`commit`)."""
         return np.lib.format.open_memmap(self.tmp / "targets.npy", mode="w+", dtype=np.float32, shape=(n, d))
 
     @contextlib.contextmanager
@@ -409,7 +425,7 @@ class StoreWriter:
         of a written memmap count towards it until written back)."""
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
         written = 0
-        with open(self.tmp / "targets.npy", "wb") as f:
+        with self.dir.atomic("targets.npy") as tmp, open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
 
             def append(block: np.ndarray) -> None:
@@ -421,32 +437,27 @@ class StoreWriter:
                 written += len(block)
 
             yield append
-        if written != n:
-            raise ValueError(f"targets.npy: {written} of {n} rows written")
+            if written != n:
+                raise ValueError(f"targets.npy: {written} of {n} rows written")
 
     def array(self, name: str, value: np.ndarray) -> None:
-        np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
+        with self.dir.atomic(f"{name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(value), allow_pickle=False)
 
     def json(self, name: str, value: Any) -> None:
-        with open(self.tmp / f"{name}.json", "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1 if name == "meta" else None)
+        self.dir.write_text(f"{name}.json", json.dumps(value, indent=1 if name == "meta" else None))
 
     def commit(self) -> TargetStore:
-        """Swap the finished directory into place; the old store, if any, goes to a marked trash folder
-        that is removed after the swap. Refuses to replace anything that is not ours."""
-        mark(self.tmp, "target-store")
-        for path in self.tmp.iterdir():
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
+        """Swap the finished folder into place; the old store, if any, goes to a temporary trash folder that
+        is removed after the swap. Refuses to replace anything that is not ours (nothing is touched then)."""
+        if (self.tmp / "targets.npy").is_file() and "targets.npy" not in self.dir.files:
+            self.dir.record("targets.npy")  # written through the memmap of :meth:`targets`
         trash = None
         if self.out.exists() or self.out.is_symlink():
-            if not (ours(self.out) or _empty_dir(self.out)):
-                raise UserError(
-                    f"{self.out}: exists and was not made by rela_fast (no {MARKER}); nothing was replaced. "
-                    "Choose another --out, or move it away"
-                )
-            trash = make_temp_dir(self.out.parent, self.out.name)
+            refusal = check_claim(self.out, STORE_KIND, legacy=legacy_store)
+            if refusal:
+                raise UserError(refusal)
+            trash = make_temp_dir(self.out.parent, self.out.name, "trash")
             os.replace(self.out, trash / "old")
         os.replace(self.tmp, self.out)
         if trash is not None:
@@ -455,7 +466,3 @@ class StoreWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _empty_dir(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())

@@ -171,25 +171,32 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_no_tmp(capsys, tmp_
 
     monkeypatch.setattr(checkpoint.os, "fsync", full)
     out = tmp_path / "run"
-    line = _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], "checkpoint.pt.tmp", "no space left")
+    line = _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], "checkpoint.pt: ", "no space left")
     assert str(out) in line
-    assert not (out / "checkpoint.pt.tmp").exists() and not (out / "checkpoint.pt").exists()
+    assert not list(out.glob("*checkpoint.pt*"))  # neither the checkpoint nor a temporary file
 
 
 def test_a_second_train_on_the_same_out_is_refused(capsys, tmp_path, idx_dir):
+    import json
+    import socket
+
+    from rela_fast.outputs import MANIFEST
     from rela_fast.runlock import RUN_MARKER, RunLock
 
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "checkpoint.pt.tmp").write_bytes(b"the other run is writing this")
+    assert main([*_train(idx_dir, out), "--max-steps", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     with RunLock(out / RUN_MARKER, "busy"):  # another process's run holds the folder
         _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], str(out), "another rela-fast train")
-    assert (out / "checkpoint.pt.tmp").read_bytes() == b"the other run is writing this"
-    assert not (out / "metrics.jsonl").exists()
-    # once it is gone, a run starts there, removes the stale tmp, and the folder counts as a run folder
-    assert main([*_train(idx_dir, out), "--max-steps", "2"]) == 0
-    assert (out / "checkpoint.pt").is_file() and not (out / "checkpoint.pt.tmp").exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a killed run's temporary (listed in the manifest by a process that is gone) is removed by the next run
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["pending"][".checkpoint.pt.rela-tmp-999999-0123abcd"] = {"name": "checkpoint.pt", "pid": 999999,
+                                                                     "host": socket.gethostname()}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    (out / ".checkpoint.pt.rela-tmp-999999-0123abcd").write_bytes(b"torn")
     assert main([*_train(idx_dir, out), "--max-steps", "2"]) == 0  # resumes: same settings, done
+    assert (out / "checkpoint.pt").is_file() and not list(out.glob("*.rela-tmp-*"))
 
 
 # ------------------------------------------------------------------------------------------ the edge itself

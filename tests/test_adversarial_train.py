@@ -177,20 +177,26 @@ def test_stratify_without_labels_and_huge_labels_are_refused(images):
 
 
 def test_one_run_per_folder_and_a_stale_tmp_is_removed(tmp_path, images):
+    import json
+    import socket
+
+    from rela_fast.outputs import MANIFEST
     from rela_fast.runlock import RUN_MARKER, RunLock
     from rela_fast.train.guards import claim_run_dir
 
     out = tmp_path / "run"
-    out.mkdir()
-    stale = out / "checkpoint.pt.tmp"
-    stale.write_bytes(b"x" * 1000)  # what a SIGKILL during a save leaves
-    (out / "notes.tmp").write_text("the user's")
+    _trainer(None, out=out, max_steps=1).fit(images)
+    stale = out / ".checkpoint.pt.rela-tmp-999999-0123abcd"  # what a SIGKILL during a save leaves ...
+    manifest = json.loads((out / MANIFEST).read_text())  # ... listed as pending by the killed process
+    manifest["pending"][stale.name] = {"name": "checkpoint.pt", "pid": 999999, "host": socket.gethostname()}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    stale.write_bytes(b"x" * 1000)
     with RunLock(out / RUN_MARKER, "busy"):
         with pytest.raises(UserError, match="another rela-fast train"):
             _trainer(None, out=out, max_steps=1).fit(images)
-        assert stale.exists()  # the running run's file: not ours to remove
-    with claim_run_dir(out):
-        assert not stale.exists() and (out / "notes.tmp").exists()
+        assert stale.exists()  # nothing is touched while another run holds the folder
+    with claim_run_dir(out) as run_dir:
+        assert not stale.exists() and run_dir is not None and "checkpoint.pt" in run_dir.files
         with pytest.raises(UserError, match="another rela-fast train"), claim_run_dir(out):  # held meanwhile
             pass
     with claim_run_dir(out):  # released afterwards
@@ -198,6 +204,10 @@ def test_one_run_per_folder_and_a_stale_tmp_is_removed(tmp_path, images):
     # two trainers on one folder, one after the other: both fine
     _trainer(None, out=out, max_steps=1).fit(images)
     _trainer(None, out=out, max_steps=2).fit(images, resume=False)
+    (out / "notes.tmp").write_text("the user's")  # a file rela_fast did not write: the folder is not ours now
+    with pytest.raises(UserError, match="notes.tmp"):
+        _trainer(None, out=out, max_steps=2).fit(images)
+    assert (out / "notes.tmp").read_text() == "the user's"
 
 
 # ------------------------------------------------------------------------------------- the transfer loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -56,7 +57,12 @@ def test_layout_is_npy_and_json_only(store):
     names = sorted(p.name for p in store.root.iterdir())
     assert names == sorted(["meta.json", "targets.npy", "rows.npy", "source.json", "skipped.json", "pca_mean.npy",
                             "pca_components.npy", "eigenvalues.npy", "target_mean.npy", "target_std.npy",
-                            ".rela_fast.json"])  # the ownership marker (issue 15)
+                            ".rela_fast.manifest.json"])  # the ownership manifest (issues 15, 26)
+    listed = json.loads((store.root / ".rela_fast.manifest.json").read_text())
+    assert listed["kind"] == "target-store" and sorted(listed["files"]) == sorted(names[1:])
+    for name, entry in listed["files"].items():  # every file with its size and sha256
+        data = (store.root / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     for path in store.root.glob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if anything needed pickle
     meta = json.loads((store.root / "meta.json").read_text())

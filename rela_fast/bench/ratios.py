@@ -33,7 +33,7 @@ def ratios(results: dict) -> list[Ratio]:
     """All (variant, baseline) speed-ups of a results document (see :func:`check_results`), grouped as stored."""
     groups: dict[str, list[dict]] = {}
     for bench in results.get("benchmarks", []):
-        groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
+        groups.setdefault(bench.get("group") or bench["name"], []).append(bench)  # shapes: check_results
     rows = []
     for group, benches in groups.items():
         base = [b for b in benches if b.get("extra_info", {}).get("baseline")]

@@ -23,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 from rela_fast.bench.ratios import ratio_table, ratios
-from rela_fast.bench.results import load_results, machine_line, result_files
+from rela_fast.bench.results import load_results, machine_line, read_text, result_files
 from rela_fast.errors import UserError
+from rela_fast.outputs import inside, read_bounded
 
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- report:summary:start -->", "<!-- report:summary:end -->"
@@ -41,7 +42,7 @@ def performance_section(results_dir: Path, base: Path | None = None) -> str:
     lines += ["Speed-ups are ratios of medians of variants measured side by side in one run (pytest-benchmark); "
               "print one file's table with `rela-fast bench report FILE`.", ""]
     for path in files:
-        doc = load_results(path)
+        doc = load_results(path, results_dir)
         meta = doc.get("rela_fast", {})
         lines += [f"### {path.stem}", "",
                   f"Command: `{meta.get('command', 'rela-fast bench run')}`; machine: "
@@ -53,27 +54,32 @@ def performance_section(results_dir: Path, base: Path | None = None) -> str:
 
 
 def results_section(results_dir: Path, base: Path | None = None) -> str:
-    """The README "Results" section: each headline experiment's table, claim checks, plot and command."""
+    """The README "Results" section: each headline experiment's table, claim checks, plot and command.
+
+    Every file read must lie inside ``results_dir`` (a link pointing out of it is refused)."""
     lines = ["## Results", ""]
     dirs = sorted(p for p in Path(results_dir).glob("headline*")
                   if (p / "summary.json").is_file() or (p / "results.json").is_file())
     if not dirs:
         lines.append("No headline results committed yet (`python benchmarks/headline.py` writes them).")
         return "\n".join(lines) + "\n"
+    what = "regenerate it with `python benchmarks/headline.py --report --out DIR`"
     for d in dirs:
+        inside(d, results_dir)
         lines += [f"### {d.name}", ""]
         table = d / "table.md"
         if table.is_file():
-            lines.append(table.read_text().strip())
+            lines.append(read_text(table, what, results_dir).strip())
         else:
             lines.append(f"(`{_rel(d, base)}` has runs but no table yet: "
                          f"`python benchmarks/headline.py --report --out {_rel(d, base)}`)")
         lines.append("")
         if (d / "plot.png").is_file():
+            inside(d / "plot.png", results_dir)
             lines += [f"![{d.name}]({_rel(d / 'plot.png', base)})", ""]
         cmds = d / "commands.txt"
         if cmds.is_file():
-            lines += ["```bash", cmds.read_text().strip(), "```", ""]
+            lines += ["```bash", read_text(cmds, what, results_dir).strip(), "```", ""]
     return "\n".join(lines)
 
 
@@ -101,8 +107,8 @@ def update_file(readme: Path, results_dir: Path) -> list[str]:
     A file with neither marker pair is left untouched and reported as a UserError.
     """
     try:
-        doc = Path(readme).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        doc = read_bounded(readme, MAX_README_BYTES, "pass the README.md to update").decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise UserError(f"{readme}: cannot read it as text ({exc}); pass the README.md to update") from None
     base, done = Path(readme).resolve().parent, []
     if SUMMARY_START in doc or SUMMARY_END in doc:
@@ -115,28 +121,65 @@ def update_file(readme: Path, results_dir: Path) -> list[str]:
 
 
 def splice_readme(readme: Path, text: str, markers: tuple[str, str] = (START, END)) -> None:
-    """Replace what stands between the ``markers`` (START and END by default) of ``readme`` with ``text``,
-    atomically.
+    """Replace what stands between the ``markers`` (START and END by default) of ``readme`` with ``text``.
 
-    The rest of the file is kept byte for byte; a file without exactly one start marker before one end
-    marker is left untouched and reported as a UserError.
+    The rest of the file is kept byte for byte, its line endings included (the new text takes the file's:
+    CRLF when the file uses CRLF). Marker text inside ``text`` (a table quoting a marker) is escaped, so the
+    file keeps exactly one pair. A file without exactly one start marker before one end marker is left
+    untouched and reported as a UserError. See :func:`_write_in_place` for how the file is replaced.
     """
     start, end = markers
     readme = Path(readme)
     try:
-        doc = readme.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = read_bounded(readme, MAX_README_BYTES, "pass the README.md to update")
+        doc = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise UserError(f"{readme}: cannot read it as text ({exc}); pass the README.md to update") from None
     if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
         raise UserError(f"{readme}: needs exactly one {start} followed by one {end}; add them around the "
                         f"generated sections")
     head, rest = doc.split(start)
     _, tail = rest.split(end)
-    target = readme.resolve()  # a symlinked README stays a symlink
+    nl = "\r\n" if doc.count("\r\n") * 2 > doc.count("\n") else "\n"  # the file's own line ending
+    body = nl.join(_escape_markers(text.strip()).splitlines())
+    _write_in_place(readme, f"{head}{start}{nl}{body}{nl}{end}{tail}")  # head and tail byte for byte
+
+
+MAX_README_BYTES = 16 << 20
+
+
+def _escape_markers(text: str) -> str:
+    """``text`` with every report marker's ``<!--`` written as ``&lt;!--`` (shown the same, never a marker)."""
+    for marker in (START, END, SUMMARY_START, SUMMARY_END):
+        text = text.replace(marker, marker.replace("<!--", "&lt;!--", 1))
+    return text
+
+
+def _write_in_place(readme: Path, text: str) -> None:
+    """Replace ``readme``'s content with ``text``.
+
+    A README is the user's file that rela_fast edits between markers, so its identity is kept: a symlinked
+    README has its target updated (the link stays a link). The usual write is a temporary file in the
+    target's folder, fsynced and renamed onto it with ``os.replace`` (atomic: a crash leaves the old or the
+    new README). A file with several hard links is instead rewritten in place (``os.replace`` would give
+    this name a new inode and silently split it from its other names); that is one write of the finished
+    text, a truncate and an fsync, so only a crash inside that window can leave it torn.
+    """
+    target = readme.resolve()
+    data = text.encode("utf-8")
+    if target.stat().st_nlink > 1:
+        with open(target, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
     except BaseException:

@@ -15,12 +15,13 @@ points.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from rela_fast.bench.ratios import ratios
-from rela_fast.bench.results import load_results, machine_line, result_files
+from rela_fast.bench.results import load_results, machine_line, read_text, result_files
 from rela_fast.errors import UserError
 from rela_fast.tables import render_table
 
@@ -34,7 +35,7 @@ def speed_table(results_dir: Path, rel) -> str:
     machines = []
     for path in result_files(results_dir):
         seen: set[str] = set()
-        doc = load_results(path)
+        doc = load_results(path, results_dir)
         meta = doc.get("rela_fast", {})
         machines.append(f"* `{rel(path)}`: {machine_line(meta.get('machine', {}))}; `{meta.get('command', '?')}`, "
                         f"{meta.get('date', '?')}.")
@@ -53,16 +54,37 @@ def speed_table(results_dir: Path, rel) -> str:
     return table + "\n\n" + "\n".join(machines) if machines else table
 
 
+_REGEN = "regenerate it with `python benchmarks/headline.py --report --out DIR`"
+
+
 def _load_summary(path: Path) -> dict[str, Any]:
+    """A headline folder's summary.json, read from inside the results folder and checked field by field."""
+    text = read_text(path, _REGEN, path.parent.parent)  # a folder or file linked from outside is refused
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read it as JSON ({exc}); regenerate it with "
-                        "`python benchmarks/headline.py --report --out DIR`") from None
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({str(exc)[:80]}); {_REGEN}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or not isinstance(doc.get("baselines"), dict):
-        raise UserError(f"{path}: not a headline summary (no 'rows' list and 'baselines'); regenerate it with "
-                        "`python benchmarks/headline.py --report --out DIR`")
+        raise UserError(f"{path}: not a headline summary (no 'rows' list and 'baselines'); {_REGEN}")
+    pixels = doc["baselines"].get("pixels")
+    if pixels is not None and not _num(pixels):
+        raise UserError(f"{path}: baselines.pixels is not a number; {_REGEN}")
+    for i, row in enumerate(doc["rows"]):
+        if isinstance(row, dict) and row.get("acc") and not _row_ok(row):
+            raise UserError(f"{path}: rows[{i}] lacks a field of its type (acc and seeds lists of numbers, budget "
+                            f"a number, recipe text); {_REGEN}")
     return doc
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _row_ok(row: dict[str, Any]) -> bool:
+    """The fields :func:`claim_section` reads, with their types."""
+    return (isinstance(row["acc"], list) and all(_num(a) for a in row["acc"]) and isinstance(row.get("seeds"), list)
+            and _num(row.get("budget")) and isinstance(row.get("recipe"), str)
+            and ("steps_saved" not in row or _num(row["steps_saved"])))
 
 
 def _mean(row: dict[str, Any]) -> float:

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        from rela_fast.distributed import check_environment
+
+        check_environment()  # WORLD_SIZE, RANK, LOCAL_RANK, RELA_FAST_BACKEND: refused alike by every command
         return int(args._run(args) or 0)
     except BaseException as exc:  # noqa: BLE001 - the one place that turns every failure into its exit code
         if isinstance(exc, SystemExit):

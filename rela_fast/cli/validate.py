@@ -110,24 +110,33 @@ def out_path(text: str) -> str:
 
 
 def is_run_dir(path: Path, names: Iterable[str] = RUN_FILES) -> bool:
-    """True when ``path`` holds a file that a rela_fast run wrote (see :data:`RUN_FILES`)."""
-    return any((path / name).exists() for name in names)
+    """True when ``path`` is a training run's folder that rela_fast made: its manifest lists every file in
+    it with a matching size and hash (:mod:`rela_fast.outputs`); a file's name alone proves nothing."""
+    from rela_fast.train.guards import run_is_ours
+
+    return run_is_ours(path)
 
 
 def check_run_dir(path: str | os.PathLike, option: str = "--out", names: Iterable[str] = RUN_FILES) -> Path:
     """Refuse an output folder that would mix a new run with someone else's files.
 
     Allowed: a path that does not exist yet (its parent must be a writable folder), an empty folder, or a
-    folder an earlier rela_fast run wrote (``names``). Refused: a file, a non-empty foreign folder, a
-    parent that is a file, and a folder this user cannot write.
+    folder an earlier rela_fast run wrote, proven by its manifest (:func:`is_run_dir`). Refused: a file, a
+    folder holding any file rela_fast did not write, a parent that is a file, and a folder this user cannot
+    write. ``path/..`` is resolved first where ``path`` does not exist (nothing is created on the way).
     """
-    p = Path(path)
+    from rela_fast.outputs import normalize_out
+
+    p = normalize_out(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{option} {path}: is a file, not a folder; give a new or an empty folder")
     if p.is_dir():
         if any(True for _ in p.iterdir()) and not is_run_dir(p, names):
-            raise UserError(f"{option} {path}: the folder holds other files and no rela_fast run; "
-                            "give a new or an empty folder")
+            from rela_fast.outputs import check_claim
+            from rela_fast.train.guards import RUN_KIND, lock_file_entry
+
+            why = check_claim(p, RUN_KIND, also_ours=lock_file_entry) or f"{path}: changed while it was checked"
+            raise UserError(f"{option} {why}")
         if not os.access(p, os.W_OK | os.X_OK):
             raise UserError(f"{option} {path}: the folder is not writable; give a folder you can write")
         return p

@@ -23,7 +23,7 @@ from rela_fast.conversion.shards import OrderedMerge, ShardPlan
 from rela_fast.conversion.workdir import claim_message, first_kept_failure, output_lock, prepare_work
 from rela_fast.distributed import rank_and_world
 from rela_fast.errors import UserError
-from rela_fast.ownership import remove_if_ours
+from rela_fast.ownership import WORK_KIND, remove_if_ours
 from rela_fast.targets import TargetStore
 
 
@@ -121,7 +121,7 @@ class _Run:
 
     def _claims(self) -> str | None:
         """Rank 0: the work folder must be ours (or absent/empty) before anything is written."""
-        return claim_message(self.settings.work, "rela-fast convert keeps its feature shards there")
+        return claim_message(self.settings.work, "rela-fast convert keeps its feature shards there", WORK_KIND)
 
     def _prepare(self) -> None:
         """Rank 0 drops shards that no longer match; on_error=fail refuses kept failures; all ranks agree."""

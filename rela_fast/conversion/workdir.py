@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from rela_fast.conversion.shards import ShardPlan
-from rela_fast.ownership import MARKER, mark, ours, pid_alive, read_json_or_none, remove_dead_temps, remove_if_ours
+from rela_fast.outputs import check_claim
+from rela_fast.ownership import (
+    STORE_KIND,
+    WORK_KIND,
+    claim_work,
+    legacy_store,
+    legacy_work,
+    pid_alive,
+    read_json_or_none,
+    remove_dead_temps,
+    remove_if_ours,
+    shard_entry,
+)
 from rela_fast.runlock import RunLock
 
 LOCK_TEXT = "rela_fast convert lock\n"
@@ -24,33 +34,29 @@ def output_lock(out: Path) -> RunLock:
     return RunLock(lock_file, busy, owned_text=LOCK_TEXT)
 
 
-def claim_message(path: Path, what: str) -> str | None:
-    """None when ``path`` may be used (absent, an empty folder, or ours), else why not (one line)."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    if path.is_dir() and not path.is_symlink() and (ours(path) or not any(path.iterdir())):
-        return None
-    kind = "a file" if path.is_file() else "a link" if path.is_symlink() else "a folder"
-    return (
-        f"{path}: {what}, but {kind} of that name exists that rela_fast did not make (no {MARKER}); "
-        "nothing was changed. Move it away or choose another --out"
-    )
+def claim_message(path: Path, what: str, kind: str = STORE_KIND) -> str | None:
+    """None when ``path`` may be used as ``kind`` (absent, an empty folder, or rela_fast's own by its
+    manifest: see :mod:`rela_fast.outputs`), else why not (one line naming the first file in the way)."""
+    if kind == WORK_KIND:
+        refusal = check_claim(path, kind, also_ours=shard_entry, legacy=legacy_work)
+    else:
+        refusal = check_claim(path, kind, legacy=legacy_store)
+    return None if refusal is None else f"{refusal} ({what})"
 
 
 def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, out: Path) -> list[str]:
-    """Rank 0: clear debris of dead runs, (re)create the marked work folder, drop shards that no longer
-    match (other settings, changed rows), record the settings. Returns notes for the log."""
+    """Rank 0: clear debris of dead runs, (re)create the work folder (rela_fast's by its manifest), drop
+    shards that no longer match (other settings, changed rows), record the settings. Returns notes for
+    the log."""
     work, notes = plan.work, []
     remove_dead_temps(out.parent, out.name)
-    plan_file = work / "plan.json"
-    old = read_json_or_none(plan_file) if work.is_dir() else None
+    old = read_json_or_none(work / "plan.json") if work.is_dir() else None
     if work.is_dir() and old != settings and any(work.iterdir()):
         if old is not None:
             notes.append(f"{work} was made with other settings; starting afresh")
         remove_if_ours(work)
-    work.mkdir(parents=True, exist_ok=True)
-    mark(work, "work")
-    for path in work.glob("*.tmp-*"):  # shard writes of killed runs (inside our own folder)
+    folder = claim_work(work)  # a UserError, touching nothing, when it is not ours
+    for path in work.glob("shard-*.tmp-*"):  # shard writes of killed runs (checked shard folders of ours)
         pid = path.name.rsplit("-", 1)[-1]
         if not (pid.isdigit() and pid_alive(int(pid))):
             shutil.rmtree(path, ignore_errors=True)
@@ -65,9 +71,7 @@ def prepare_work(plan: ShardPlan, settings: dict[str, Any], feature_dim: int, ou
             shutil.rmtree(path, ignore_errors=True)
     if stale and old is not None:
         notes.append(f"{stale} shard(s) no longer match the source; recomputing them")
-    with open(work / "plan.json.tmp", "w", encoding="utf-8") as f:
-        json.dump(settings, f)
-    os.replace(work / "plan.json.tmp", plan_file)
+    folder.write_json("plan.json", settings, indent=None)
     return notes
 
 

@@ -23,12 +23,16 @@ from typing import Any
 
 import torch
 
+from rela_fast.errors import UserError
+
 BACKENDS = ("reference", "triton", "cpp")
 ENV_VAR = "RELA_FAST_BACKEND"
 
 
-class BackendUnavailable(RuntimeError):
-    """A forced backend cannot run this call; the message says why and what to do."""
+class BackendUnavailable(UserError, RuntimeError):
+    """A forced backend cannot run this call, or ``RELA_FAST_BACKEND`` names none: the environment's or the
+    caller's choice, so a :class:`~rela_fast.errors.UserError` (one line, exit 2) saying why and what to do
+    (still a RuntimeError, as it was)."""
 
 
 @dataclass

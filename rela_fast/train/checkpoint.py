@@ -35,6 +35,7 @@ from rela_fast.models.checkpoint import (  # noqa: F401
     load_checkpoint,
     load_weights,
 )
+from rela_fast.outputs import OutputDir, claimed_for, no_space
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,31 +85,48 @@ def _check_finite(state: dict[str, Any], path: Path) -> None:
                                 "last good checkpoint is kept; lower the learning rate or check the targets")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, output: OutputDir | None = None) -> Path:
     """Atomically write ``state`` to ``path`` (temp + fsync + rename + directory fsync).
 
-    Model weights (:data:`MODEL_KEYS`) must be finite; an OSError (a full disk) names the file and leaves
-    the previous checkpoint untouched.
+    In a folder claimed with :func:`rela_fast.outputs.claim` (``output``, or the open claim ``path`` lies in:
+    a training run's folder) the write goes through it: the file is listed in the folder's manifest, and a
+    file rela_fast did not write, or a link, is never replaced. Model weights (:data:`MODEL_KEYS`) must be
+    finite; a full disk names the file and leaves the previous checkpoint untouched.
     """
     check_plain(state)
     path = Path(path)
     _check_finite(state, path)
+    output = output if output is not None else claimed_for(path)
+    if output is not None:
+        with output.atomic(path.name) as tmp:
+            _write(state, tmp, output.path / path.name)
+        return output.path / path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
+    try:
+        _write(state, tmp)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _write(state: dict[str, Any], tmp: Path, target: Path | None = None) -> None:
+    """``torch.save`` into ``tmp``, flushed and fsynced; a failed write names ``target`` (default ``tmp``): a
+    full disk as a UserError, anything else as an OSError."""
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        error = no_space(exc, target or tmp)
+        if error is not None:
+            raise error from None
         raise OSError(exc.errno, exc.strerror or str(exc), str(tmp)) from exc
     except RuntimeError as exc:  # torch's writer wraps the failed write of a full disk
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise OSError(errno.EIO, f"cannot write the checkpoint ({str(exc).splitlines()[0]}); is the disk full?",
                       str(tmp)) from exc
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
