@@ -157,3 +157,20 @@ def test_checkpoint_fields_are_checked_before_use(tmp_path):
                      ("phase", 3), ("wall_time", float("nan")), ("images_seen", None)):
         with pytest.raises(UserError, match=f"train_state.{key}"):
             check_train_state({**state, key: bad}, t.plan, t.config, tmp_path)
+
+
+def test_convert_config_file_round_trip_and_override(tmp_path, capsys):
+    data = _write_images(tmp_path)
+    argv = ["convert", str(data), "--out", str(tmp_path / "store"), "--prior", "random", "--size", "12", "--dim", "4",
+            "--print-config"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "convert.yaml").write_text(printed)
+    assert main(["convert", "--config", str(tmp_path / "convert.yaml"), "--print-config"]) == 0
+    assert capsys.readouterr().out == printed
+    assert main(["convert", "--config", str(tmp_path / "convert.yaml"), "--dim", "8", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["dim"] == 8
+    (tmp_path / "bad.yaml").write_text("prior: random\nsizes: 12\n")
+    assert main(["convert", str(data), "--out", str(tmp_path / "s2"), "--config", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown setting sizes" in err and len(err.splitlines()) == 1 and not (tmp_path / "s2").exists()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from rela_fast.cli.aliases import add_deprecated_alias, spelling
+
 HELP = "convert images into ReLA targets with a prior model (decode -> encode -> PCA -> target store)"
+
+
+# `--config FILE` may set these (YAML/JSON, keys as the flags' names with underscores); `--print-config` prints them
+FLAG_FILE_KEYS = ("src", "out", "prior", "weights", "size", "dim", "batch_size", "decoder", "device", "on_error",
+                  "shard_size", "overwrite", "keep_features", "precision", "compile", "workers", "verify_content",
+                  "quiet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,13 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="encoder precision (default auto: bf16/fp16 on GPU, fp32 on CPU)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fused encoder")
-    parser.add_argument("--threads", type=int, metavar="N", help="decoder threads (default: all cores)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="parallel image readers: decoder threads (default: all cores)")
+    add_deprecated_alias(parser, "--threads", "--workers", "workers", type=int, metavar="N")
     parser.add_argument(
         "--verify-content", action="store_true",
         help="identify files by a sha256 of their bytes, not size + mtime (reads every file once more; notices "
         "a same-size edit that kept the mtime)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    parser.add_argument("--config", metavar="FILE", help="settings as YAML or JSON (keys: the flags' names, e.g. "
+                        "prior, size, batch_size); flags given here override the file")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    add_deprecated_alias(parser, "--no-progress", "--quiet", "quiet", flag=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("SRC: missing; give the dataset as `rela-fast convert SRC --out DIR --prior PRIOR`")
     if args.src_opt and args.src and args.src_opt != args.src:
         raise UserError(f"SRC: given twice ({args.src!r} and --src {args.src_opt!r}); give it once")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"{spelling(args, 'workers', '--workers')} {args.workers}: must be at least 1 (or leave it "
+                        "out: all cores)")
+    if args.print_config:
+        import json
+
+        values = {k: (src if k == "src" else getattr(args, k)) for k in FLAG_FILE_KEYS}
+        print(json.dumps(values, indent=1))
+        return 0
     started = init_from_env(args.device)
     try:
         convert(
@@ -90,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             keep_features=args.keep_features,
             precision=args.precision,
             compile=args.compile,
-            num_threads=args.threads,
+            num_threads=args.workers,
             verify_content=args.verify_content,
         )
     finally:
