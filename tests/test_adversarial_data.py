@@ -230,3 +230,15 @@ def test_a_gzip_bomb_is_not_decompressed_past_the_declared_size(tmp_path, monkey
     with pytest.raises(UserError, match="RELA_FAST_MAX_IDX_BYTES"):
         open_source(tmp_path)
     assert sum(decompressed) <= 16
+
+
+def test_a_link_back_to_the_source_root_does_not_list_its_images_twice(tmp_path):
+    """``loop -> .`` inside an image folder (issue 26): the root's images are listed once, not again under
+    ``loop/`` (the old walk started a fresh loop guard for each top-level folder)."""
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "loop").symlink_to(".")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to("..")  # a deeper link back to the root
+    source = open_source(str(tmp_path))
+    assert source.paths == ["0.png", "1.png", "2.png"]

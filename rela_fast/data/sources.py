@@ -168,7 +168,8 @@ class FolderSource(_FileSource):
         self.root = os.path.abspath(root)
         special: list[str] = []
         top_files, subdirs = _scan_top(self.root, special)
-        class_files = {name: _walk_images(os.path.join(self.root, name), name, special) for name in subdirs}
+        root_id = _folder_id(self.root)  # a link back to the root (`loop -> .`) is never walked again
+        class_files = {name: _walk_images(os.path.join(self.root, name), name, special, root_id) for name in subdirs}
         if special:
             warnings.warn(f"{self.root}: skipped {len(special)} entr{'y' if len(special) == 1 else 'ies'} that "
                           f"are not regular files, e.g. {special[0]}", stacklevel=3)
@@ -228,10 +229,19 @@ def _keep(entry: os.DirEntry, rel: str, special: list[str]) -> bool:
     return False
 
 
-def _walk_images(top: str, prefix: str, special: list[str]) -> list[str]:
-    """Relative paths (prefixed) of all image files under ``top``, following symlinks without looping."""
+def _folder_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(top: str, prefix: str, special: list[str], root_id: tuple[int, int] | None = None) -> list[str]:
+    """Relative paths (prefixed) of all image files under ``top``, following symlinks without looping (and
+    never into the folder ``root_id``, the source's root: a link back to it would list its images twice)."""
     found: list[str] = []
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple[int, int]] = {root_id} if root_id is not None else set()
     stack = [(top, prefix)]
     while stack:
         folder, rel = stack.pop()
