@@ -299,7 +299,7 @@ class ReLAEngine:
             self.book.update(torch.cat(p.idx), torch.cat(p.scores))  # rank-local; merged before a draw
         plain = float("nan") if not p.rela else float(handover_value(p.rela))
         keys = list(values or {})
-        reduced = self._all_mean(torch.tensor([float(values[k]) for k in keys] + [plain], dtype=torch.float64,
+        reduced = self.all_mean(torch.tensor([float(values[k]) for k in keys] + [plain], dtype=torch.float64,
                                               device=self.device)).tolist()
         out = dict(zip(keys, reduced[:-1]))
         before = self.handover.phase
@@ -315,12 +315,11 @@ class ReLAEngine:
         self.book.reset()  # phase 2 scores samples by the method's own loss, on another scale
         return True
 
-    def _all_mean(self, value: torch.Tensor) -> torch.Tensor:
+    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` averaged over the run's processes (a collective under DDP; ``value`` on :attr:`device`)."""
         if self.world > 1:
             import torch.distributed as dist
 
-            if value.device.type == "cpu" and dist.get_backend() == "nccl":
-                return self._all_mean(value.to("cuda")).cpu()
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value = value / self.world
         return value

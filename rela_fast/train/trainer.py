@@ -414,7 +414,7 @@ class ReLATrainer:
         if self.student.classifier is None:
             return None
         t = torch.tensor([float(self.state.correct), float(self.state.seen)], device=self.device)
-        t = self.engine._all_mean(t) * self.world
+        t = self.engine.all_mean(t) * self.world
         return float(t[0] / t[1]) if t[1] > 0 else None
 
     def _finish(self) -> TrainResult:
