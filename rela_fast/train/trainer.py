@@ -160,6 +160,15 @@ class ReLATrainer:
         return self.plan.steps_per_epoch
 
     @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run (epochs x steps per epoch, or ``max_steps``)."""
+        return self.plan.total_steps
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
     def device(self) -> torch.device:
         return self.plan.device
 
