@@ -19,6 +19,9 @@ from torch import nn
 
 from rela_fast.errors import UserError
 
+MAX_IMAGE_SIZE = 4096
+MAX_CONVNET_WIDTH = 512  # convnet-W: widths W..8W; 8 x 512 channels is already a 75 M-parameter last block
+
 
 class ConvNet(nn.Module):
     """A small VGG-style network for tiny images: fast on CPU, enough to learn Fashion-MNIST features."""
@@ -48,10 +51,22 @@ def _small_stem(model: nn.Module) -> bool:
 
 def create_backbone(arch: str, image_size: int = 224, small_stem: bool | None = None,
                     **config: Any) -> tuple[nn.Module, int, dict[str, Any]]:
-    """``(module, feature_dim, config)``; ``create_backbone(**config)`` rebuilds the same architecture."""
+    """``(module, feature_dim, config)``; ``create_backbone(**config)`` rebuilds the same architecture.
+
+    ``image_size`` must be a whole number of pixels in [1, 4096] and ``small_stem`` true, false or None."""
+    if not isinstance(arch, str):
+        raise UserError(f"arch={str(arch)[:60]!r}: an architecture name (a timm model or 'convnet[-W]')")
+    if type(image_size) is not int or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"image_size={repr(image_size)[:40]}: must be a whole number of pixels in "
+                        f"[1, {MAX_IMAGE_SIZE}]")
+    if small_stem is not None and type(small_stem) is not bool:
+        raise UserError(f"small_stem={repr(small_stem)[:40]}: must be true, false or None")
     name = arch.removeprefix("timm:")
     if name == "convnet" or name.startswith("convnet-"):
-        width = int(name.split("-", 1)[1]) if "-" in name else 32
+        text = name.split("-", 1)[1] if "-" in name else "32"
+        if not text.isdigit() or not 1 <= int(text) <= MAX_CONVNET_WIDTH:
+            raise UserError(f"--arch {arch!r}: the convnet width must be a whole number in [1, {MAX_CONVNET_WIDTH}]")
+        width = int(text)
         model = ConvNet(width)
         return model, model.num_features, {"arch": arch, "image_size": image_size, "small_stem": False}
     import timm

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from rela_fast.errors import UserError
+from rela_fast.models.backbones import MAX_CONVNET_WIDTH, MAX_IMAGE_SIZE
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -45,8 +46,7 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
 
 
 MODEL_KEYS = ("backbone", "head", "method", "classifier")  # the trained weights in a trainer checkpoint
-MAX_CONVNET_WIDTH = 512  # convnet-W: widths W..8W; 8 x 512 channels is already a 75 M-parameter last block
-MAX_IMAGE_SIZE = 4096
+
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; a missing, damaged or foreign file is a one-line UserError.
@@ -102,6 +102,44 @@ def check_backbone_config(arch: Any, path: Path | str) -> dict[str, Any]:
     return arch
 
 
+MAX_BACKBONE_VALUES = 2_000_000_000  # a backstop (8 GB of float32); the real bound is the checkpoint's own weights
+
+
+def planned_values(arch: dict[str, Any]) -> int | None:
+    """How many values (parameters and buffers) ``create_backbone(**arch)`` would hold, counted on the meta
+    device: nothing is allocated. None when the architecture cannot be built there."""
+    from rela_fast.models.backbones import create_backbone
+
+    try:
+        with torch.device("meta"):
+            model, _, _ = create_backbone(**arch)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a model whose constructor computes with tensors (.item() on meta)
+        return None
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def check_backbone_size(arch: dict[str, Any], weights: Any, path: Path | str) -> None:
+    """Refuse, before building it, a backbone config whose model would be much larger than the checkpoint's
+    own weights: a small file whose config names a huge model (``vit_huge_patch14_224``: 631 M values,
+    2.5 GB) is refused without allocating it.
+
+    Bound: at most twice the stored weights' values plus a million (so a build never costs much more memory
+    than the loaded checkpoint already holds), and :data:`MAX_BACKBONE_VALUES`. Within it, a mismatch is
+    named weight by weight by :func:`load_weights`. An architecture that cannot be counted on the meta device
+    is only checked by :func:`load_weights`, after it is built."""
+    if not isinstance(weights, dict):
+        raise UserError(f"{path}: backbone weights are a {type(weights).__name__}, not a state dict; it was not "
+                        "written by rela-fast train")
+    stored = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    planned = planned_values(arch)
+    if planned is not None and planned > min(2 * stored + 1_000_000, MAX_BACKBONE_VALUES):
+        raise UserError(f"{path}: the backbone config names {arch.get('arch')!r} with {planned:,} values, the "
+                        f"checkpoint holds {stored:,}; it was written for another model or edited, so nothing is "
+                        "built from it")
+
+
 def load_weights(module: torch.nn.Module, weights: Any, what: str, path: Path | str) -> None:
     """``module.load_state_dict(weights)`` after checking names and shapes: a mismatch is one line."""
     if not isinstance(weights, dict):
@@ -143,6 +181,8 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"{path}: the run trained a custom backbone module, which cannot be rebuilt from the checkpoint; "
             "rebuild your module, load its weights (the 'backbone' entry) yourself and pass the module on "
             "(to rela_fast.eval.linear_probe, or as the prior of rela_fast.convert)")
-    backbone, _, _ = create_backbone(**check_backbone_config(arch, path))
+    arch = check_backbone_config(arch, path)
+    check_backbone_size(arch, state.get("backbone"), path)  # before anything is allocated
+    backbone, _, _ = create_backbone(**arch)
     load_weights(backbone, state.get("backbone"), "backbone", path)
     return backbone.to(device), config, state

@@ -32,6 +32,25 @@ from torch import Tensor, nn
 from rela_fast.errors import UserError
 from rela_fast.train.augment import ViewSpec, two_views
 
+MAX_HEAD_WIDTH = 1 << 16  # a head layer of 4096 x 65 536 is already 1 GB of float32
+
+
+def check_args(method: str, *, widths: dict[str, object] | None = None, fractions: dict[str, object] | None = None,
+               positives: dict[str, object] | None = None) -> None:
+    """Refuse a method argument of the wrong type or range, naming it (one line): ``widths`` whole numbers in
+    [1, :data:`MAX_HEAD_WIDTH`], ``fractions`` (momenta) numbers in [0, 1], ``positives`` (temperatures)
+    finite numbers above 0."""
+    for name, v in (widths or {}).items():
+        if type(v) is not int or not 1 <= v <= MAX_HEAD_WIDTH:
+            raise UserError(f"method {method!r}: {name}={v!r} must be a whole number in [1, {MAX_HEAD_WIDTH}]")
+    real = (int, float)
+    for name, v in (fractions or {}).items():
+        if not isinstance(v, real) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+            raise UserError(f"method {method!r}: {name}={v!r} must be a number in [0, 1]")
+    for name, v in (positives or {}).items():
+        if not isinstance(v, real) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"method {method!r}: {name}={v!r} must be a finite number above 0")
+
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> BatchNorm -> ReLU -> Linear: BYOL's projector/predictor and SimCLR's projector."""
@@ -129,6 +148,8 @@ class BYOL(Method):
 
     def __init__(self, feature_dim: int, proj_dim: int = 256, hidden_dim: int = 4096,
                  base_momentum: float = 0.99, final_momentum: float = 1.0) -> None:
+        check_args("byol", widths={"proj_dim": proj_dim, "hidden_dim": hidden_dim},
+                   fractions={"base_momentum": base_momentum, "final_momentum": final_momentum})
         super().__init__(feature_dim)
         self.projector = mlp(feature_dim, hidden_dim, proj_dim)
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim)
@@ -183,6 +204,8 @@ class SimCLR(Method):
     recipe = "simclr"
 
     def __init__(self, feature_dim: int, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.5):
+        check_args("simclr", widths={"proj_dim": proj_dim, "hidden_dim": hidden_dim},
+                   positives={"temperature": temperature})
         super().__init__(feature_dim)
         self.projector = mlp(feature_dim, hidden_dim, proj_dim)
         self.temperature = temperature
@@ -222,6 +245,10 @@ class DINO(Method):
     def __init__(self, feature_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, center_momentum: float = 0.9,
                  base_momentum: float = 0.996, final_momentum: float = 1.0) -> None:
+        check_args("dino", widths={"out_dim": out_dim, "hidden_dim": hidden_dim, "bottleneck_dim": bottleneck_dim},
+                   fractions={"center_momentum": center_momentum, "base_momentum": base_momentum,
+                              "final_momentum": final_momentum},
+                   positives={"student_temp": student_temp, "teacher_temp": teacher_temp})
         super().__init__(feature_dim)
         self.head = DINOHead(feature_dim, out_dim, hidden_dim, bottleneck_dim)
         self.teacher_head = _frozen_copy(self.head)
@@ -305,6 +332,12 @@ def create_method(name: str, feature_dim: int, *, num_classes: int | None = None
     cls = METHODS.get(str(name).lower())
     if cls is None:
         raise UserError(f"method {name!r}: unknown; use one of {', '.join(METHODS)} or pass a Method instance")
+    import inspect
+
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "feature_dim", "num_classes")]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise UserError(f"method {name!r}: no argument {unknown[0]!r}; its arguments are {', '.join(known) or 'none'}")
     if cls is Supervised:
         if num_classes is None:
             raise UserError("method 'supervised': needs labels (num_classes); the data has none")
