@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     readme_p.add_argument("readme", type=Path, nargs="*",
                           help="the files to update, e.g. README.md benchmarks/results/README.md (omit with --print)")
     readme_p.add_argument("--print", action="store_true", help="print the sections instead of updating a file")
-    readme_p.add_argument("--section", choices=("all", "performance", "results", "summary"), default="all")
+    readme_p.add_argument("--section", choices=("all", "performance", "results", "summary"), default="all",
+                          help="which generated section to fill or print (default: all)")
     readme_p.add_argument("--results", type=Path, help="the results folder (default: <bench-dir>/results)")
     _bench_dir_argument(readme_p, "default: found from README's folder upward")
     # the old spellings, kept working: rela-fast bench [--suite S] [--list] [--out F] | --report FILE

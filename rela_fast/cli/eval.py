@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rela_fast.cli.aliases import add_deprecated_alias
 from rela_fast.cli.validate import device, integer, out_path, real
 
 HELP = "linear-probe a trained run: features extracted once, a linear layer trained on them (Adam, 100 epochs)"
@@ -16,15 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=integer(3), default=100, help="probe epochs (spec: 100)")
     parser.add_argument("--lr", type=real(0.0, lo_open=True), default=3e-4,
                         help="probe Adam learning rate (spec: 3e-4)")
-    parser.add_argument("--batch-size", type=integer(1), default=256)
+    parser.add_argument("--batch-size", type=integer(1), default=256,
+                        help="images per feature-extraction batch and probe mini-batch (default 256)")
     parser.add_argument("--standardize", action="store_true", help="standardise features first (not the spec)")
     parser.add_argument("--device", type=device, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--workers", type=integer(0, 256), default=0)
-    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=0)
+    parser.add_argument("--workers", type=integer(0, 256), default=0,
+                        help="parallel image readers: data-loader worker processes (default 0: in this process)")
+    parser.add_argument("--seed", type=integer(0, 2**32 - 1), default=0,
+                        help="seed of the probe's initialisation and mini-batch order")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=out_path, help="folder for probe.json (new, empty, or an earlier eval's); "
                         "default: beside the run's own files when rela_fast made the run, else printed only")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_deprecated_alias(parser, "--no-progress", "--quiet", "quiet", flag=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     with probe_output(args.run, args.out) as folder:  # settled (or refused) before the probe runs
         result = linear_probe(backbone, args.data, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                               image_size=size, device=device, num_workers=args.workers, seed=args.seed,
-                              standardize=args.standardize, progress=not args.no_progress)
+                              standardize=args.standardize, progress=not args.quiet)
         prog = state.get("train_state", {})
         prog = prog if isinstance(prog, dict) else {}
         row = {"event": "probe", "accuracy": result.accuracy, "step": prog.get("step"),
