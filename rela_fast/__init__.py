@@ -3,7 +3,9 @@
 The public API is imported lazily, so ``import rela_fast`` stays cheap (no triton, no timm):
 
 * ReLA-D: :func:`convert`, :func:`load_targets`, :func:`create_prior`
-* ReLA-F: :func:`transfer_loss`, :class:`TransferHead`, :class:`HandOver`, :class:`ReLATrainer`
+* ReLA-F: :func:`transfer_loss`, :class:`TransferHead`, :class:`HandOver`, :class:`ReLATrainer`,
+  :class:`ReLAEngine` / :class:`ReLAConfig` (your own loop, with :class:`IndexedDataset`), :class:`ReLACallback`
+  (PyTorch Lightning; the ``lightning`` extra)
 * dynamic subsets: :class:`ScoreBook`, :func:`select_subset`, :class:`EpochSubset`, :func:`prior_scores`
 * evaluation: :func:`linear_probe`
 """
@@ -30,6 +32,8 @@ _EXPORTS = {
     "ReLATrainer": "rela_fast.train",
     "ReLAEngine": "rela_fast.train",
     "ReLAConfig": "rela_fast.train",
+    "IndexedDataset": "rela_fast.data.indexed",
+    "ReLACallback": "rela_fast.lightning",  # needs the lightning extra
     "linear_probe": "rela_fast.eval",
     "UserError": "rela_fast.errors",
 }
