@@ -76,7 +76,6 @@ class DatasetSource(Source):
         self.hf = is_hf_dataset(dataset)
         self.name = _dataset_name(dataset)
         self.image_column = image_column if image_column is not None else "image"
-        self.explicit_image = image_column is not None
         if self.hf:
             dataset, label_column = _hf_columns(dataset, self.name, self.image_column, label_column)
         self.dataset, self.label_column = dataset, label_column
@@ -100,11 +99,9 @@ class DatasetSource(Source):
     def _item(self, i: int) -> Any:
         try:
             return self.dataset[int(i)]
-        except OSError:
+        except (OSError, UserError):  # an unreadable file is skipped and listed; our own message stands
             raise
-        except (UserError, KeyError, IndexError, TypeError, ValueError) as exc:
-            if isinstance(exc, UserError):
-                raise
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise UserError(f"{self.name}[{i}]: reading the item failed ({type(exc).__name__}: {exc})") from None
 
     def _split(self, item: Any, i: int) -> tuple[Any, Any]:
