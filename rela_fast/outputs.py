@@ -178,7 +178,7 @@ def _judge(folder: Path, kind: str, also_ours: AlsoOurs | None, legacy: Legacy |
     if not folder.is_dir():
         return _Verdict(f"{folder}: a file of that name exists, not a folder; {MOVE_AWAY}")
     try:
-        names = sorted(os.listdir(folder))
+        names = sorted(os.listdir(folder), key=lambda n: (n.startswith(".rela_fast"), n))  # the user's files first
     except OSError as exc:
         return _Verdict(f"{folder}: cannot be listed ({exc.strerror or exc}); check its permissions")
     if not names:

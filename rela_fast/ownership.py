@@ -29,7 +29,7 @@ from rela_fast.outputs import MANIFEST, OutputDir, claim, is_ours, process_alive
 
 __all__ = [
     "MARKER", "LEGACY_MARKER", "STORE_FILES", "legacy_store", "legacy_work", "make_temp_dir", "ours", "pid_alive",
-    "remove_dead_temps", "remove_if_ours", "shard_entry", "store_is_ours", "work_is_ours",
+    "remove_dead_temps", "remove_if_ours", "shard_entry", "store_extras", "store_is_ours", "work_is_ours",
 ]
 
 MARKER = MANIFEST  # what marks a folder as rela_fast's: its manifest
@@ -83,6 +83,19 @@ def legacy_store(path: str | os.PathLike) -> bool:
     meta = read_json_or_none(path / "meta.json")
     return (isinstance(meta, dict) and meta.get("schema_version") == 1 and isinstance(meta.get("prior"), dict)
             and isinstance(meta.get("source"), dict))
+
+
+def store_extras(path: str | os.PathLike) -> list[str]:
+    """The entries of a folder that holds a store in the older layout (no manifest, a schema-1 ``meta.json``)
+    that are not store files: what keeps it from being recognised (and replaced). Empty otherwise."""
+    path = Path(path)
+    if (path / MARKER).exists() or not (path / "meta.json").is_file():
+        return []
+    meta = read_json_or_none(path / "meta.json")
+    if not (isinstance(meta, dict) and meta.get("schema_version") == 1):
+        return []
+    return sorted(e.name for e in os.scandir(path)
+                  if e.name not in STORE_FILES | {LEGACY_MARKER} or not e.is_file(follow_symlinks=False))
 
 
 def shard_entry(name: str, path: Path) -> bool:

@@ -20,6 +20,7 @@ from typing import NoReturn
 from rela_fast.errors import UserError
 
 DEBUG_ENV = "RELA_FAST_DEBUG"
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile() when the disk is full
 
 _HINTS = {
     errno.ENOSPC: "no space left on the device; free some space or write to another disk",
@@ -58,6 +59,8 @@ def one_line(text: str) -> str:
 def describe_os_error(exc: OSError, args: argparse.Namespace | None = None) -> str:
     """One line for an OSError: the path (or the output folder it happened under) and what to do."""
     hint = _HINTS.get(exc.errno or -1)
+    if hint is None and exc.errno is None and _SHORT_WRITE.search(str(exc)):  # numpy's write cut short by a full disk
+        hint = _HINTS[errno.ENOSPC]
     what = hint or one_line(exc.strerror or str(exc)) or type(exc).__name__
     if exc.filename is not None:
         where = os.fsdecode(exc.filename)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rela_fast.conversion.shards import ShardPlan
-from rela_fast.outputs import check_claim
+from rela_fast.outputs import MOVE_AWAY, check_claim
 from rela_fast.ownership import (
     STORE_KIND,
     WORK_KIND,
@@ -19,6 +19,7 @@ from rela_fast.ownership import (
     remove_dead_temps,
     remove_if_ours,
     shard_entry,
+    store_extras,
 )
 from rela_fast.runlock import RunLock
 
@@ -41,6 +42,10 @@ def claim_message(path: Path, what: str, kind: str = STORE_KIND) -> str | None:
         refusal = check_claim(path, kind, also_ours=shard_entry, legacy=legacy_work)
     else:
         refusal = check_claim(path, kind, legacy=legacy_store)
+        extras = store_extras(path) if refusal else []
+        if extras:  # an older store with files added: name them, they are why it is not replaced
+            refusal = (f"{path}: a target store in rela_fast's older layout that also holds {extras[0]!r}, which "
+                       f"rela_fast did not make; {MOVE_AWAY}")
     return None if refusal is None else f"{refusal} ({what})"
 
 
