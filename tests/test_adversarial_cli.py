@@ -171,9 +171,9 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_no_tmp(capsys, tmp_
 
     monkeypatch.setattr(checkpoint.os, "fsync", full)
     out = tmp_path / "run"
-    line = _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], "checkpoint.pt: ", "no space left")
-    assert str(out) in line
-    assert not list(out.glob("*checkpoint.pt*"))  # neither the checkpoint nor a temporary file
+    line = _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], "no space left")
+    assert str(out) in line  # names the file it was writing (the first write of the run: config.json)
+    assert not list(out.glob("*checkpoint.pt*")) and not list(out.glob("*.rela-tmp-*"))  # no temporary left
 
 
 def test_a_second_train_on_the_same_out_is_refused(capsys, tmp_path, idx_dir):
@@ -186,6 +186,7 @@ def test_a_second_train_on_the_same_out_is_refused(capsys, tmp_path, idx_dir):
     out = tmp_path / "run"
     assert main([*_train(idx_dir, out), "--max-steps", "2"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()  # the first run's output
     with RunLock(out / RUN_MARKER, "busy"):  # another process's run holds the folder
         _refused(capsys, [*_train(idx_dir, out), "--max-steps", "2"], str(out), "another rela-fast train")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -85,6 +85,15 @@ def classes_dir(tmp_path):
     return tmp_path / "classes"
 
 
+def _create_backbone():
+    """``create_backbone`` from where it lives (rela_fast.models; rela_fast.train.backbones before issue 23)."""
+    try:
+        from rela_fast.models import create_backbone
+    except ImportError:
+        from rela_fast.train.backbones import create_backbone
+    return create_backbone
+
+
 def _probe_args(data) -> list[str]:
     return ["--data", str(data / "train"), "--test-data", str(data / "test"), "--epochs", "3", "--device", "cpu",
             "--no-progress"]
@@ -218,10 +227,8 @@ def test_outputs_keep_the_users_umask(tmp_path, images, prior_file):
 # --------------------------------------------------------------------------------------------------- eval
 def _foreign_checkpoint(folder) -> str:
     """A trainer-style checkpoint that the user saved themselves (not in a folder rela_fast made)."""
-    from rela_fast.train.backbones import create_backbone
-
     folder.mkdir(parents=True, exist_ok=True)
-    weights = create_backbone("convnet-4", 16)[0].state_dict()
+    weights = _create_backbone()("convnet-4", 16)[0].state_dict()
     torch.save({"config": {"backbone": {"arch": "convnet-4", "image_size": 16, "small_stem": False}},
                 "backbone": weights, "train_state": {"step": 3}}, folder / "checkpoint.pt")
     return str(folder / "checkpoint.pt")
@@ -421,10 +428,8 @@ def test_a_run_prior_naming_a_huge_model_is_refused_before_building(tmp_path, mo
 
 
 def test_an_image_size_of_two_and_a_half_is_refused(capsys, tmp_path, idx_dir):
-    from rela_fast.train.backbones import create_backbone
-
     with pytest.raises(UserError, match="image_size"):
-        create_backbone("convnet-4", 2.5)
+        _create_backbone()("convnet-4", 2.5)
     _refused(capsys, [*_train(idx_dir, tmp_path / "run"), "--image-size", "2.5"], "--image-size")
 
 
@@ -466,9 +471,7 @@ def test_checkpoints_with_wrong_typed_model_fields_are_one_line(capsys, tmp_path
 def test_eval_of_a_checkpoint_with_a_wrong_typed_train_state_is_no_internal_error(capsys, tmp_path, classes_dir,
                                                                                  train_state):
     """Old: ``state["train_state"].get`` or a format of ``wall_time`` ended in "internal error" after the probe."""
-    from rela_fast.train.backbones import create_backbone
-
-    weights = create_backbone("convnet-4", 16)[0].state_dict()
+    weights = _create_backbone()("convnet-4", 16)[0].state_dict()
     torch.save({"config": {"backbone": {"arch": "convnet-4", "image_size": 16, "small_stem": False}},
                 "backbone": weights, "train_state": train_state}, tmp_path / "checkpoint.pt")
     assert main(["eval", str(tmp_path / "checkpoint.pt"), *_probe_args(classes_dir)]) == 0

@@ -119,19 +119,9 @@ def claim_run_dir(out: Path | None, rank: int = 0, world: int = 1) -> Iterator[O
         yield run_dir
     finally:
         if run_dir is not None:
-            _adopt_unlisted(run_dir)
             run_dir.close()
         if lock is not None:
             lock.release()
-
-
-# TODO(lead): remove once RunFiles.finish writes summary.json with run_dir.write_json (the rest already goes
-# through the claim: save_checkpoint, MetricsLog and plot_metrics find it with rela_fast.outputs.claimed_for)
-def _adopt_unlisted(run_dir: OutputDir) -> None:
-    """Transitional: list ``summary.json``, written directly by the trainer, in the run's manifest."""
-    path = run_dir.path / "summary.json"
-    if path.is_file() and not path.is_symlink():
-        run_dir.record("summary.json")
 
 
 def check_loss(loss: float, step: int, epoch: int) -> None:
