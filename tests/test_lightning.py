@@ -154,6 +154,36 @@ def test_lightning_and_relatrainer_draw_the_same_subsets_and_switch_at_the_same_
     assert "rela_head.weight" in lt.lightning_module.state_dict()  # registered: optimised and checkpointed
 
 
+class _Snapshots(L.Callback):
+    def __init__(self) -> None:
+        self.weights = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append(next(pl_module.backbone.parameters()).detach().float().clone())
+
+
+def test_mixed_precision_accumulation_and_warm_heads(tmp_path):
+    """bf16 autocast and 2-batch accumulation work as Lightning documents them: the engine steps once per
+    optimiser step; threshold 0.3 switches at step 1, and warm_heads=1 then leaves the backbone alone at step 2."""
+    images, targets = slice_data()
+    engine = ReLAEngine.create(targets, feature_dim=64, budget=0.5, epochs=1, threshold=0.3, warm_heads=1, seed=0)
+    torch.manual_seed(0)
+    backbone, f, _ = create_backbone(ARCH, 28)
+    method = create_method("byol", f, hidden_dim=32, proj_dim=16)
+    method.attach(backbone)
+    rela, snaps = ReLACallback(engine), _Snapshots()
+    loader = DataLoader(IndexedDataset(images), batch_size=BATCH, sampler=rela.sampler, drop_last=True)
+    trainer = L.Trainer(max_epochs=1, callbacks=[rela, snaps], accelerator="cpu", precision="bf16-mixed",
+                        accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Student(backbone, method, 2, 1e-2, 0.0), loader)
+    assert trainer.global_step == engine.handover.step == 2 and engine.handover.switch_step == 1
+    assert np.isfinite(rela.last["loss"]) and rela.last["phase"] == 2
+    before, after_1, after_2 = snaps.weights[0], snaps.weights[1], snaps.weights[3]
+    assert not torch.equal(before, after_1)  # step 1 (batches 1-2) moved the backbone
+    assert torch.equal(after_1, after_2)  # step 2, the warm-heads step, did not
+
+
 # -- errors: one line that says what to set ----------------------------------------------------------------
 def _tiny(tmp_path):
     images, targets = slice_data()
