@@ -204,11 +204,13 @@ def test_a_log_grows_and_a_changed_log_is_not_ours(tmp_path):
     assert "metrics.jsonl" in check_claim(tmp_path / "run", "train-run")
 
 
-def test_out_newdir_dotdot_leaves_no_empty_folder(capsys, tmp_path, idx_dir, monkeypatch):
+def test_out_newdir_dotdot_leaves_no_empty_folder(capsys, tmp_path, idx_dir, images, prior_file, monkeypatch):
     home = _user_files(tmp_path / "home", thesis__tex="do not touch")
+    _user_files(home / "sub", notes__txt="mine")
     monkeypatch.chdir(home)
-    _refused(capsys, _train(idx_dir, "newdir/.."), "thesis.tex")
-    assert sorted(os.listdir(home)) == ["thesis.tex"]
+    _refused(capsys, _train(idx_dir, "newdir/.."), "holds other files")
+    _refused(capsys, _convert(images, "sub/newdir/..", prior_file), "notes.txt")
+    assert sorted(os.listdir(home)) == ["sub", "thesis.tex"] and os.listdir(home / "sub") == ["notes.txt"]
 
 
 def test_outputs_keep_the_users_umask(tmp_path, images, prior_file):

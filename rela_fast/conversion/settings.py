@@ -100,4 +100,6 @@ def check_out_path(out: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--out {text}: cannot write in {existing} (read-only or no permission); "
                         "choose a folder you can write to")
-    return path
+    from rela_fast.outputs import normalize_out
+
+    return normalize_out(path)  # `newdir/..` names the folder it means, and no empty newdir/ is made on the way
