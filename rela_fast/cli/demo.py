@@ -2,7 +2,8 @@
 with the offline Lite0 prior against BYOL at 10 % of the steps, trained live side by side (one process per
 core), next to the pixel and untrained-student baselines and BYOL 100 % from the committed headline result.
 
-About 10 minutes on 2 CPU cores; ``--live-reference`` also trains BYOL 100 % (about 45 min more on one core);
+About 6-7 minutes on 2 idle CPU cores (measured: 825 s on 2 cores shared with other jobs at load average ~3.5);
+``--live-reference`` also trains BYOL 100 % (about 45 min more on one core);
 ``--full`` runs ResNet-18 on a CUDA GPU, every row live.
 """
 
