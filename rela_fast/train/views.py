@@ -8,7 +8,9 @@ position), so a pipeline holds no loop state. Pass your own object with this ``b
 
 * :class:`TensorViews`: the whole dataset as one uint8 tensor in memory, every op batched on whole tensors
   (:class:`~rela_fast.train.augment.BatchViews`). Chosen automatically for in-memory and IDX sources and
-  for any source whose decoded images share one shape and fit in ``memory_cap`` bytes.
+  for any source whose decoded images share one shape and fit in ``memory_cap`` bytes. On CPU its batches are
+  made ahead in a producer thread while the model trains (:class:`~rela_fast.train.prefetch.PrefetchViews`,
+  ``create_views(..., prefetch=N)``; the same views either way).
 * :class:`LoaderViews`: a DataLoader over :class:`~rela_fast.train.loader.TwoViewDataset` (geometry per
   sample on the workers, photometric ops batched on the device; or full torchvision per sample).
 * :class:`DaliViews`: DALI decoding and augmentation (GPU; CPU pipelines too).
@@ -33,6 +35,7 @@ from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, item_seed,
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 DEFAULT_MEMORY_CAP = 4 << 30  # bytes of decoded uint8 images held for the tensor path
+DEFAULT_PREFETCH = 2  # batches the tensor path makes ahead on CPU (benchmarks/results/train_e2e/README.md)
 KINDS = ("auto", "tensor", "torch", "dali")
 
 
@@ -162,12 +165,18 @@ def images_in_memory(source: Any, rows: Sequence[int] | None = None,
 
 def create_views(kind: str | ViewPipeline, source: Any, rows: Sequence[int] | None, labels: Any, *,
                  device: torch.device, seed: int = 0, num_workers: int = 0, batched: bool = True,
-                 memory_cap: int = DEFAULT_MEMORY_CAP) -> ViewPipeline:
+                 memory_cap: int = DEFAULT_MEMORY_CAP, prefetch: int | None = None) -> ViewPipeline:
     """The trainer's view pipeline: ``kind`` is a :class:`ViewPipeline` (used as is) or one of :data:`KINDS`.
 
     ``auto``: DALI on CUDA when installed; else the tensor path when the images fit in memory (IDX, arrays,
     small same-size images); else the DataLoader path.
+
+    ``prefetch``: batches the tensor path makes ahead in a producer thread while the model trains
+    (:class:`~rela_fast.train.prefetch.PrefetchViews`; the same views either way); 0 turns it off; None is
+    :data:`DEFAULT_PREFETCH` on CPU and off on other devices (unmeasured there). The other paths ignore it.
     """
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0):
+        raise UserError(f"prefetch={prefetch!r}: use a whole number of batches >= 0 (0 turns it off)")
     if not isinstance(kind, str):
         if not isinstance(kind, ViewPipeline):
             raise UserError(f"views: {type(kind).__name__} has no batches(views, indices, epoch=, phase=, "
@@ -182,7 +191,15 @@ def create_views(kind: str | ViewPipeline, source: Any, rows: Sequence[int] | No
     if kind in ("auto", "tensor") and batched:
         images = images_in_memory(source, rows, memory_cap)
         if images is not None:
-            return TensorViews(images, labels, device, seed)
+            return _prefetched(TensorViews(images, labels, device, seed), prefetch, device)
         if kind == "tensor":
             raise UserError("views='tensor': the images do not share one shape or exceed the memory cap; use 'auto'")
     return LoaderViews(source, rows, labels, device, seed, num_workers=num_workers, batched=batched)
+
+
+def _prefetched(views: TensorViews, prefetch: int | None, device: torch.device) -> ViewPipeline:
+    """``views`` wrapped in a producer thread ``prefetch`` batches ahead (None: the device's default)."""
+    from rela_fast.train.prefetch import PrefetchViews
+
+    depth = (DEFAULT_PREFETCH if torch.device(device).type == "cpu" else 0) if prefetch is None else prefetch
+    return PrefetchViews(views, depth) if depth > 0 else views
