@@ -6,7 +6,7 @@ files), convnet-16 at 28 px, the 30-epoch schedule at batch 128. ReLA-BYOL with 
 (``efficientnet_lite0`` at 32 px; its conversion of the whole train split counts in ReLA's wall time) and BYOL,
 both at 10 % of the schedule's steps, train live side by side, one spawned process per core, through the
 public :class:`~rela_fast.ReLATrainer` with a :class:`~rela_fast.train.ProbeCallback` (the linear probe of
-ALGORITHM.md on z-scored features, every few epochs, outside the runs' wall time) and a progress callback.
+docs/ALGORITHM.md on z-scored features, every few epochs, outside the runs' wall time) and a progress callback.
 Next to them: the linear probe on the raw pixels and on the untrained student (live), and BYOL 100 % from the
 committed 3-seed headline result (45 min per run on one core; ``live_reference`` trains it here too). The
 table and the plot give probe accuracy against steps and wall time for every row, where each curve first

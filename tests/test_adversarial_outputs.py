@@ -86,11 +86,9 @@ def classes_dir(tmp_path):
 
 
 def _create_backbone():
-    """``create_backbone`` from where it lives (rela_fast.models; rela_fast.train.backbones before issue 23)."""
-    try:
-        from rela_fast.models import create_backbone
-    except ImportError:
-        from rela_fast.train.backbones import create_backbone
+    """``create_backbone`` from where it lives."""
+    from rela_fast.models import create_backbone
+
     return create_backbone
 
 

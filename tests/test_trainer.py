@@ -16,8 +16,9 @@ from torch import nn
 import rela_fast
 from rela_fast.data import open_source
 from rela_fast.errors import UserError
-from rela_fast.train import Callback, HandOver, ReLATrainer, Supervised, two_views
-from rela_fast.train.checkpoint import check_plain, load_checkpoint, save_checkpoint
+from rela_fast.models.checkpoint import check_plain, load_checkpoint
+from rela_fast.train import Callback, ReLATrainer, Supervised, two_views
+from rela_fast.train.checkpoint import save_checkpoint
 from rela_fast.train.loader import DaliTwoViewLoader, TwoViewDataset, dali_available
 from rela_fast.train.metrics import read_metrics
 
@@ -220,7 +221,8 @@ def test_grad_accumulation_matches_one_big_batch(fmnist, store_dir):
     t2, b = run(10, 2)
     assert t1.plan.total_steps == t2.plan.total_steps == 2
     torch.testing.assert_close(a[1].weight, b[1].weight, rtol=1e-5, atol=1e-6)
-    assert (t1.engine.handover.fast, t1.engine.handover.slow) == pytest.approx((t2.engine.handover.fast, t2.engine.handover.slow), rel=1e-6)
+    h1, h2 = t1.engine.handover, t2.engine.handover
+    assert (h1.fast, h1.slow) == pytest.approx((h2.fast, h2.slow), rel=1e-6)
 
 
 def test_autocast_and_other_methods(fmnist, store_dir):

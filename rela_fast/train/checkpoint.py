@@ -22,19 +22,7 @@ from typing import Any
 import torch
 
 from rela_fast.errors import UserError
-
-# TODO(lead): remove once trainer.py imports rela_fast.models: all but MODEL_KEYS and check_plain are
-# re-exports of the loading side, which moved there
-from rela_fast.models.checkpoint import (  # noqa: F401
-    MAX_CONVNET_WIDTH,
-    MAX_IMAGE_SIZE,
-    MODEL_KEYS,
-    check_backbone_config,
-    check_plain,
-    load_backbone,
-    load_checkpoint,
-    load_weights,
-)
+from rela_fast.models.checkpoint import MODEL_KEYS, check_plain
 from rela_fast.outputs import OutputDir, claimed_for, no_space
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
@@ -36,10 +37,10 @@ MAX_IMAGE_SIZE = 4096  # training side in pixels; 4096^2 x 3 bytes is already 48
 
 def setting(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
             hi_open: bool = False, choices: tuple[str, ...] | None = None, resume: bool = True,
-            flag: str | None = None) -> Any:
+            flag: str | None = None, pattern: str | None = None) -> Any:
     """A config field: its default, help text, allowed range or choices, and whether a resume must match it."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
-            "resume": resume, "flag": flag}
+            "resume": resume, "flag": flag, "pattern": pattern}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,6 +83,9 @@ def _check_field(owner: str, f: Any, value: Any, tp: Any) -> Any:
     choices = meta.get("choices")
     if choices and isinstance(value, str) and value not in choices:
         raise UserError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    pattern = meta.get("pattern")
+    if pattern and isinstance(value, str) and re.fullmatch(pattern, value) is None:
+        raise UserError(f"{name}={value!r}: {meta['help'].split(' (')[0]}")
     return value
 
 
@@ -165,7 +169,8 @@ class RuntimeConfig:
                        resume=False)
     compile: bool | str = setting(False, "torch.compile the backbone (a string names the backend)", resume=False)
     channels_last: bool = setting(False, "channels-last memory format for backbone and views", resume=False)
-    device: str | None = setting(None, "cuda, cuda:N or cpu (default: cuda when available)", resume=False)
+    device: str | None = setting(None, "use cpu, cuda or cuda:N (default: cuda when available)", resume=False,
+                                 pattern=r"cpu|cuda(:\d+)?")
     workers: int = setting(0, "data-loader worker processes", lo=0, hi=256, resume=False)
     views: str = setting("auto", "where the two views come from: auto, tensor, torch or dali", choices=VIEW_KINDS,
                          resume=False)
@@ -324,7 +329,12 @@ def config_from_keywords(config: ReLAConfig | None, method: Any, kwargs: dict[st
         if not isinstance(method, Method):
             raise UserError(f"method: expected a name or a rela_fast.train.Method, got {type(method).__name__}")
         changes["method"] = method.name
-    return (config or ReLAConfig()).replace(**changes)
+    try:
+        return (config or ReLAConfig()).replace(**changes)
+    except UserError as err:  # name the keyword the caller wrote, beside the setting it sets
+        key = str(err).split("=", 1)[0]
+        said = next((k for k, v in KEYWORDS.items() if v == key and k != key and k in kwargs), None)
+        raise UserError(f"{said} ({err})" if said else str(err)) from None
 
 
 # -- the command line, built from the fields ----------------------------------------------------------
