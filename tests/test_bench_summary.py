@@ -56,6 +56,20 @@ def test_claims_against_the_strongest_byol_of_either_recipe(tmp_path):
     assert "| 100 % |" not in text  # BYOL rows are references, not claims
 
 
+def test_the_summary_can_keep_only_rows_with_enough_seeds(tmp_path):
+    rows = [_row([0.84, 0.85, 0.845]), _row([0.86, 0.861, 0.859], rela=True, prior="lite0", budget=0.2),
+            _row([0.87], rela=True, prior="random", budget=0.1),
+            _row([0.85, 0.86], rela=True, prior="byol", budget=0.5)]
+    _headline(tmp_path / "headline-x", 0.80, rows)
+    every = [ln for ln in "\n".join(claim_section(tmp_path / "headline-x")).splitlines() if ln.startswith("| ")]
+    three = claim_section(tmp_path / "headline-x", 3)
+    kept = [ln for ln in "\n".join(three).splitlines() if ln.startswith("| ")]
+    assert len(every) == len(kept) + 2 and [ln for ln in kept if ln.startswith("| lite0")] == \
+        [ln for ln in every if ln.startswith("| lite0")]
+    assert not [ln for ln in kept if ln.startswith(("| random", "| byol"))]
+    assert "2 more ReLA row(s) with fewer than 3 seeds" in "\n".join(three)
+
+
 def test_a_folder_where_byol_does_not_learn_gets_one_line_and_no_table(tmp_path):
     _headline(tmp_path / "headline-weak", 0.835, [_row([0.84, 0.842]), _row([0.86], rela=True, prior="lite0",
                                                                               budget=0.5)], epochs=15)
@@ -80,7 +94,9 @@ def test_speed_table_one_line_per_suite_pair_with_the_range(tmp_path):
 def test_bench_readme_fills_the_summary_and_the_full_report_of_two_files(tmp_path, capsys):
     checkout = tmp_path / "checkout"
     results = checkout / "benchmarks" / "results"
-    _headline(results / "headline-x", 0.80, [_row([0.85]), _row([0.86], rela=True, prior="lite0", budget=0.5)])
+    rows = [_row([0.85]), _row([0.86, 0.85, 0.87], rela=True, prior="lite0", budget=0.5),
+            _row([0.9], rela=True, prior="random", budget=0.5)]
+    _headline(results / "headline-x", 0.80, rows)
     _bench(results / "m-2026-12-02.json", [("decode: jpeg", "dali", False, 0.5), ("decode: jpeg", "pil", True, 1.0)])
     readme, full = checkout / "README.md", results / "README.md"
     readme.write_text(f"# t\n{SUMMARY_START}\nold\n{SUMMARY_END}\nkept\n")
@@ -89,7 +105,8 @@ def test_bench_readme_fills_the_summary_and_the_full_report_of_two_files(tmp_pat
     top, bottom = readme.read_text(), full.read_text()
     assert "old" not in top and top.endswith(f"{SUMMARY_END}\nkept\n")
     assert "[benchmarks/results/README.md](benchmarks/results/README.md)" in top  # relative to the README
-    assert "| lite0, default | 50 % | 86.00 | 1 | +1.00 | - |" in top
+    assert "| lite0, default | 50 % | 86.00 +- 1.00 | 3 | +1.00 | - |" in top  # the summary: 3 seeds or more
+    assert "| random" not in top and "1 more ReLA row(s) with fewer than 3 seeds" in top
     assert "`benchmarks/results/m-2026-12-02.json`" in top and "## Performance" not in top
     assert "## Performance" in bottom and "## Results" in bottom and "file: `m-2026-12-02.json`" in bottom
     assert "old" not in bottom and bottom.endswith("<!-- report:end -->\nkept too\n")

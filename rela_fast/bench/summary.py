@@ -26,6 +26,7 @@ from rela_fast.errors import UserError
 from rela_fast.tables import render_table
 
 REGIME_POINTS = 2.0  # the strongest BYOL 100 % must beat the pixel probe by this many points
+SUMMARY_SEEDS = 3  # the README's summary shows the ReLA rows with at least this many seeds
 
 
 def speed_table(results_dir: Path, rel) -> str:
@@ -109,8 +110,9 @@ def _versus(row: dict[str, Any], ref: dict[str, Any] | None, detail: bool = True
     return f"{_mean(row) - _mean(ref):+.2f}" + (f" ({_pct(ref)}, {ref['recipe']})" if detail else "")
 
 
-def claim_section(folder: Path) -> list[str]:
-    """The regime line and, when it passes, the claim table of one headline folder."""
+def claim_section(folder: Path, min_seeds: int = 1) -> list[str]:
+    """The regime line and, when it passes, the claim table of one headline folder: its ReLA rows with at least
+    ``min_seeds`` seeds, and a line counting those left out."""
     doc = _load_summary(folder / "summary.json")
     rows = [r for r in doc["rows"] if isinstance(r, dict) and r.get("acc")]
     pixels, best = doc["baselines"].get("pixels"), _best_byol(rows, 1.0)
@@ -126,9 +128,12 @@ def claim_section(folder: Path) -> list[str]:
     if verdict == "failed":
         return [line + " Its rows are not summarised as claims here.", ""]
     lines = [line, ""]
-    cells = []
+    cells, fewer = [], 0
     for r in rows:
         if not r.get("rela"):
+            continue
+        if len(r["seeds"]) < min_seeds:
+            fewer += 1
             continue
         name = f"{r.get('prior')}, {r.get('recipe')}" + (f", {r['variant']}" if r.get("variant") else "")
         budget = f"{100 * r['budget']:.0f} %" + (f" ({100 * r['steps_saved']:.0f} % saved)" if "steps_saved" in r
@@ -138,6 +143,8 @@ def claim_section(folder: Path) -> list[str]:
     lines.append(render_table(("ReLA-BYOL (prior, recipe, variant)", "budget", "probe acc. (%)", "seeds",
                                f"vs BYOL 100 % ({_mean(best):.2f})", "vs the strongest BYOL at the same budget"),
                               cells, align="llrrll", fmt="markdown"))
+    if fewer:
+        lines += ["", f"{fewer} more ReLA row(s) with fewer than {min_seeds} seeds: in the full results."]
     return lines + [""]
 
 
@@ -151,7 +158,7 @@ def summary_section(results_dir: Path, rel, full: str) -> str:
     if not dirs:
         lines += ["No headline results committed yet (`python benchmarks/headline.py` writes them).", ""]
     for d in dirs:
-        lines += claim_section(d)
+        lines += claim_section(d, SUMMARY_SEEDS)
     lines += ["**Speed** (ratios of medians measured side by side in one run; per benchmark group its first "
               "variant against its first baseline, cases of one suite on one line):", "", speed_table(results_dir, rel)]
     return "\n".join(lines) + "\n"
