@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 
 import numpy as np
 import pytest
 import torch
+from idx_files import tiny_idx_folder
 from PIL import Image
 from torch import nn
 
@@ -63,14 +63,7 @@ def _user_files(folder, **files: str):
 @pytest.fixture
 def idx_dir(tmp_path):
     """A tiny labelled IDX folder: 32 images of 16 x 16, two classes."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    images = rng.integers(0, 256, (32, 16, 16), dtype=np.uint8)
-    labels = (np.arange(32) % 2).astype(np.uint8)
-    for name, a in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
-        (folder / name).write_bytes(bytes([0, 0, 8, a.ndim]) + struct.pack(">" + "I" * a.ndim, *a.shape) + a.tobytes())
-    return folder
+    return tiny_idx_folder(tmp_path / "idx")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx
 from PIL import Image
 from torch import nn
 
@@ -33,11 +34,6 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    payload = bytes([0, 0, 8, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
-
-
 @pytest.fixture(scope="module")
 def fmnist(fashion_mnist_dir, tmp_path_factory):
     """The first N training images of the IDX files three ways: an IDX folder, torchvision's FashionMNIST
@@ -46,13 +42,13 @@ def fmnist(fashion_mnist_dir, tmp_path_factory):
     images = _read_idx(Path(fashion_mnist_dir) / "train-images-idx3-ubyte.gz")[:N].copy()
     labels = _read_idx(Path(fashion_mnist_dir) / "train-labels-idx1-ubyte.gz")[:N].copy()
     (root / "idx").mkdir()
-    _write_idx(root / "idx" / "train-images-idx3-ubyte.gz", images)
-    _write_idx(root / "idx" / "train-labels-idx1-ubyte.gz", labels)
+    write_idx(root / "idx" / "train-images-idx3-ubyte.gz", images)
+    write_idx(root / "idx" / "train-labels-idx1-ubyte.gz", labels)
     raw = root / "tv" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for split, k in (("train", N), ("t10k", 64)):
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images[:k])
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[:k])
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[:k])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[:k])
     from torchvision.datasets import FashionMNIST
 
     tv = FashionMNIST(str(root / "tv"), train=True, download=False)

@@ -4,9 +4,7 @@ ownership, and the CLI's one-line errors."""
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx
 
 from rela_fast.cli import main
 from rela_fast.demo import (
@@ -34,12 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TRAIN, TEST = 768, 300  # the slice: 768 train images (12 batches of 64), 300 test images
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """An MNIST-format IDX file (gzip): magic (0, 0, uint8, ndim), the sizes big-endian, the bytes."""
-    head = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(head + np.ascontiguousarray(array, dtype=np.uint8).tobytes(), compresslevel=1))
-
-
 @pytest.fixture(scope="module")
 def fmnist_slice(fashion_mnist_dir, tmp_path_factory) -> str:
     """The first TRAIN train and TEST test images of the real Fashion-MNIST, as an IDX folder of their own: the
@@ -49,8 +42,8 @@ def fmnist_slice(fashion_mnist_dir, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("fmnist-slice")
     for split, prefix, n in (("train", "train", TRAIN), ("test", "t10k", TEST)):
         src = open_source(fashion_mnist_dir, split=split)
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", src.array()[:n])
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.asarray(src.labels)[:n])
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", src.array()[:n])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.asarray(src.labels)[:n])
     return str(folder)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from idx_files import tiny_idx_folder
 
 from rela_fast.cli import main
 from rela_fast.errors import UserError
@@ -189,12 +190,7 @@ def test_logger_names_and_the_cli_flag(tmp_path, capsys):
 
 
 def test_cli_logger_flag_writes_tensorboard_and_csv(tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    images, labels = rng.integers(0, 256, (32, 16, 16), dtype=np.uint8), (np.arange(32) % 2).astype(np.uint8)
-    for name, a in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
-        (folder / name).write_bytes(bytes([0, 0, 8, a.ndim]) + struct.pack(">" + "I" * a.ndim, *a.shape) + a.tobytes())
+    folder = tiny_idx_folder(tmp_path / "idx", seed=1)
     out = tmp_path / "run"
     assert main(["train", str(folder), "--out", str(out), "--arch", "convnet-4", "--epochs", "1", "--batch-size", "8",
                  "--device", "cpu", "--quiet", "--method-arg", "hidden_dim=16", "--method-arg", "proj_dim=8",

@@ -12,6 +12,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from idx_files import write_idx
 from PIL import Image
 
 from rela_fast.data import open_source
@@ -222,18 +223,12 @@ def test_fashion_mnist_idx(fashion_mnist_dir):
         open_source(fashion_mnist_dir, split="val")
 
 
-def _write_idx(path, array: np.ndarray, compress=False) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
-
-
 def test_idx_raw_files_and_errors(tmp_path):
     rng = np.random.default_rng()
     images = rng.integers(0, 256, (7, 5, 6), dtype=np.uint8)
     labels = rng.integers(0, 3, 7).astype(np.uint8)
-    _write_idx(tmp_path / "train-images-idx3-ubyte", images)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
     src = open_source(tmp_path)
     assert len(src) == 7 and src.labels == labels.tolist() and src.paths[3] == "train-images-idx3-ubyte#3"
     np.testing.assert_array_equal(src.read(6), images[6])
@@ -242,20 +237,20 @@ def test_idx_raw_files_and_errors(tmp_path):
     # per-row content keys: changing one row changes only that key
     keys = src.entry_keys()
     images[2, 0, 0] ^= 1
-    _write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
     changed = open_source(tmp_path).entry_keys()
     assert [k1 == k2 for k1, k2 in zip(keys, changed)] == [True, True, False, True, True, True, True]
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train-images-idx3-ubyte").write_bytes(b"\x08\x03\x00\x00" + b"\x00" * 20)
     with pytest.raises(UserError, match="magic"):
         open_source(tmp_path / "bad")
-    _write_idx(tmp_path / "bad" / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "bad" / "train-images-idx3-ubyte", images)
     with open(tmp_path / "bad" / "train-images-idx3-ubyte", "ab") as f:
         f.write(b"\x00")
     with pytest.raises(UserError, match="header says"):
         open_source(tmp_path / "bad")
-    _write_idx(tmp_path / "bad" / "train-images-idx3-ubyte", images)
-    _write_idx(tmp_path / "bad" / "train-labels-idx1-ubyte", labels[:5])
+    write_idx(tmp_path / "bad" / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "bad" / "train-labels-idx1-ubyte", labels[:5])
     with pytest.raises(UserError, match="5 labels for 7 images"):
         open_source(tmp_path / "bad")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from idx_files import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -42,8 +43,7 @@ def _slice(src: str, dst: Path) -> None:
             array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)[:N]
         else:
             array = fallback().astype(np.uint8)
-        header = bytes([0, 0, 8, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
-        (dst / name).write_bytes(gzip.compress(header + array.tobytes()))
+        write_idx(dst / name, array)
 
 
 def test_readme_has_runnable_torchrun_lines():
