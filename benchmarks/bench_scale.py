@@ -14,12 +14,13 @@ is replaced), so sizes can be run one at a time, and refits.
 **convert**: the benchmark makes its own small inputs (cached under ``--data``): ``idx``, an MNIST-format IDX
 file of 28 x 28 grey images (the array source); ``tar``, webdataset shards of 32 x 32 JPEGs with ``.cls``
 labels (1,000 samples a shard); ``folder``, 100 class folders of 32 x 32 JPEGs. Each size is converted by
-``rela_fast.convert`` in a fresh child process with a tiny, fixed prior (a random ``convnet-8``, S = 32,
-d = 32: encoding must not dominate), then a second child opens the store and re-runs the same conversion
-(the no-op reuse path). Recorded: wall time, peak RSS (the child's ``ru_maxrss`` from ``os.wait4``, and the
-peaks of its anonymous and file-backed resident pages sampled from ``/proc``), bytes written (the child's
-``wchar``, the store's size and the work folder's peak size), every stage of ``meta.json``'s ``timing``
-(rela_fast.conversion.report.STAGES), and the store's open and reuse times.
+``rela_fast.convert`` in a fresh child process (one intra-op thread; the decoder keeps its default threads)
+with a tiny, fixed prior (a random ``convnet-8``, S = 32, d = 32: encoding must not dominate), then a
+second child opens the store and re-runs the same conversion (the no-op reuse path). Recorded: wall and CPU
+time, peak RSS (the child's ``ru_maxrss`` from ``os.wait4``, and the peaks of its anonymous and file-backed
+resident pages sampled from ``/proc``), bytes written (the child's ``wchar``, the store's size and the work
+folder's peak size), every stage of ``meta.json``'s ``timing`` (rela_fast.conversion.report.STAGES), and
+the store's open and reuse times.
 
 **train**: the trainer's bookkeeping with a backbone that costs nothing, at N scores: each policy's epoch
 start (``set_epoch`` + ``shard()`` + ``weights_for`` + the trainer's subset digest), the ScoreBook update of
@@ -193,19 +194,53 @@ def _capture_timing() -> list:
     made: list = []
 
     class Recording(run_module.Timing):
-        def __post_init__(self) -> None:
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
             made.append(self)
 
     run_module.Timing = Recording
     return made
 
 
-def child_convert(src: str, out: str, mode: str) -> dict[str, Any]:
+def _chunked_entry_keys(self) -> list[str]:
+    """A proposed ``Source.entry_keys`` (rela_fast/data/sources.py): rows go to the thread pool in blocks of
+    4,096, not one future each (``ThreadPoolExecutor.map`` ignores ``chunksize``); array sources hash their
+    rows once, in one thread, instead of in every pool thread that finds the digests missing."""
+    n = len(self)
+    if hasattr(self, "_digests"):  # IDX / array rows
+        if self._digests is None:
+            self._digests = [hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in self._data]
+        return [f"{path}|{digest}" for path, digest in zip(self.paths, self._digests)]
+    if n < 2048:
+        return [self.entry_key(i) for i in range(n)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        blocks = pool.map(lambda s: [self.entry_key(i) for i in range(s, min(n, s + 4096))], range(0, n, 4096))
+        return [key for block in blocks for key in block]
+
+
+VARIANTS = {"chunked-keys": _chunked_entry_keys}
+
+
+def _apply_variant(variant: str | None) -> None:
+    """Swap in a proposed fix of a file outside this benchmark's reach, to measure it before it lands."""
+    if variant:
+        from rela_fast.data.sources import Source
+
+        Source.entry_keys = VARIANTS[variant]
+
+
+def child_convert(src: str, out: str, mode: str, variant: str | None = None) -> dict[str, Any]:
     """Runs in the child: ``mode="convert"`` converts; ``"reuse"`` opens the store, then re-runs (a no-op)."""
     t0 = time.perf_counter()
+    import torch
+
     import rela_fast
     from rela_fast.targets import TargetStore
 
+    torch.set_num_threads(1)  # two intra-op threads on 2 shared, busy cores spin-wait: conv2d ran 6x slower
+    _apply_variant(variant)
     prior = make_prior()
     record: dict[str, Any] = {"import_s": round(time.perf_counter() - t0, 4)}
     if mode == "reuse":
@@ -261,7 +296,7 @@ def run_child(args: list[str], watch_folder: Path | None = None) -> dict[str, An
     fd, result = tempfile.mkstemp(suffix=".json", prefix="rela-scale-")
     os.close(fd)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-json", result, *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
@@ -288,7 +323,7 @@ def run_child(args: list[str], watch_folder: Path | None = None) -> dict[str, An
     return record
 
 
-def measure_convert(kind: str, n: int, data: Path, scratch: Path) -> dict[str, Any]:
+def measure_convert(kind: str, n: int, data: Path, scratch: Path, variant: str | None = None) -> dict[str, Any]:
     """Make the inputs, convert them in a child, then open + re-run in another child; one result entry."""
     t0 = time.perf_counter()
     src = MAKERS[kind](data, n)
@@ -296,14 +331,16 @@ def measure_convert(kind: str, n: int, data: Path, scratch: Path) -> dict[str, A
     out = scratch / f"store-{kind}-{n}"
     for path in (out, out.with_name(out.name + ".work")):
         shutil.rmtree(path, ignore_errors=True)
-    first = run_child(["--child", "convert", str(src), str(out)], out.with_name(out.name + ".work"))
+    extra = ["--variant", variant] if variant else []
+    first = run_child([*extra, "--child", "convert", str(src), str(out)], out.with_name(out.name + ".work"))
     store_bytes = tree_bytes(out)
-    again = run_child(["--child", "reuse", str(src), str(out)])
+    again = run_child([*extra, "--child", "reuse", str(src), str(out)])
     if not again.get("reused"):
         raise RuntimeError(f"{kind} n={n}: the re-run recomputed the store instead of reusing it")
     shutil.rmtree(out, ignore_errors=True)
     return {
-        "part": "convert", "kind": kind, "n": n, "count": first["count"], "inputs_bytes": tree_bytes(src),
+        "part": "convert", "kind": kind, "n": n, "variant": variant, "count": first["count"],
+        "inputs_bytes": tree_bytes(src),
         "make_inputs_s": round(make_s, 2), "wall_s": first["wall_s"], "convert_s": first["convert_s"],
         "import_s": first["import_s"], "commit_open_s": first["commit_open_s"], "cpu_s": first["cpu_s"],
         "peak_rss_mb": first["peak_rss_mb"], "peak_anon_mb": first["peak_anon_mb"],
@@ -312,7 +349,7 @@ def measure_convert(kind: str, n: int, data: Path, scratch: Path) -> dict[str, A
         "decoder": first["decoder"], "timing": first["timing"],
         "load": [first["load_before"], first["load_after"]],
         "open_s": again["open_s"],
-        "reuse": {k: again[k] for k in ("wall_s", "convert_s", "import_s", "peak_rss_mb", "peak_anon_mb",
+        "reuse": {k: again[k] for k in ("wall_s", "cpu_s", "convert_s", "import_s", "peak_rss_mb", "peak_anon_mb",
                                         "timing")},
     }
 
@@ -523,10 +560,11 @@ def exponent(ns: list[int], values: list[float]) -> dict[str, float] | None:
 
 def convert_quantities(entry: dict[str, Any]) -> dict[str, float]:
     """The timed (``_s``) and sized (``_bytes``) quantities of one conversion entry, flat."""
-    q = {k: entry[k] for k in ("wall_s", "convert_s", "commit_open_s", "open_s", "store_bytes",
+    q = {k: entry[k] for k in ("wall_s", "cpu_s", "convert_s", "commit_open_s", "open_s", "store_bytes",
                                "work_peak_bytes", "written_bytes") if entry.get(k) is not None}
     q.update({f"stage.{k}": v for k, v in entry["timing"].items() if k.endswith("_s")})
-    q.update({f"reuse.{k}": entry["reuse"][k] for k in ("wall_s", "convert_s")})
+    q.update({f"reuse.{k}": entry["reuse"][k] for k in ("wall_s", "cpu_s", "convert_s") if k in entry["reuse"]})
+    q.update({f"reuse.stage.{k}": v for k, v in entry["reuse"]["timing"].items() if k.endswith("_s") and v})
     return q
 
 
@@ -537,11 +575,20 @@ def train_quantities(entry: dict[str, Any]) -> dict[str, float]:
     return q
 
 
+def convert_series(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Conversion entries by series, each sorted by size: ``kind``, or ``kind+variant`` for a proposed fix."""
+    series: dict[str, list] = {}
+    for e in results["entries"]:
+        if e["part"] == "convert":
+            name = e["kind"] + (f"+{e['variant']}" if e.get("variant") else "")
+            series.setdefault(name, []).append(e)
+    return {name: sorted(es, key=lambda e: e["n"]) for name, es in sorted(series.items())}
+
+
 def fit_all(results: dict[str, Any]) -> dict[str, Any]:
-    """Exponents of every quantity (per source kind for conversion) and the goals' verdicts."""
+    """Exponents of every quantity (per conversion series) and the goals' verdicts."""
     fits: dict[str, Any] = {}
-    groups = {f"convert.{k}": [e for e in results["entries"] if e["part"] == "convert" and e["kind"] == k]
-              for k in KINDS}
+    groups = {f"convert.{name}": es for name, es in convert_series(results).items()}
     groups["train"] = [e for e in results["entries"] if e["part"] == "train"]
     for name, entries in groups.items():
         if len(entries) < 2:
@@ -561,12 +608,10 @@ def goals(results: dict[str, Any], fits: dict[str, Any]) -> dict[str, Any]:
     slow = [f"{g}:{q} {f['fit']}" for g, qs in fits.items() for q, f in qs.items()
             if q.endswith("_s") and f["max"] >= 0.01 and f["fit"] > TIME_EXPONENT_GOAL]
     rss = {}
-    for kind in KINDS:
-        entries = sorted((e for e in results["entries"] if e["part"] == "convert" and e["kind"] == kind),
-                         key=lambda e: e["n"])
+    for name, entries in convert_series(results).items():
         if len(entries) >= 2:
             anon = [e["peak_anon_mb"] for e in entries]
-            rss[kind] = {"sizes": [e["n"] for e in entries], "peak_anon_mb": anon,
+            rss[name] = {"sizes": [e["n"] for e in entries], "peak_anon_mb": anon,
                          "peak_rss_mb": [e["peak_rss_mb"] for e in entries],
                          "growth": round(anon[-1] / anon[0] - 1, 3), "flat": anon[-1] <= anon[0] * (1 + RSS_FLAT_GOAL)}
     return {"time_exponents_over_goal": slow, "time_exponents_ok": not slow, "rss": rss,
@@ -599,11 +644,11 @@ def imagenet_estimate(results: dict[str, Any]) -> dict[str, Any] | None:
     measured for 10,000 ImageNet-like JPEGs (``RESNET18_RESULT``), plus this benchmark's per-image
     bookkeeping (everything but decode and encode) of the largest image-folder run, plus disk from bytes
     per image (targets N x d float32; shards N x P float32 + row ids; source.json as measured here)."""
-    folder = [e for e in results["entries"] if e["part"] == "convert" and e["kind"] == "folder"]
+    folder = convert_series(results).get("folder")
     ref = REPO / RESNET18_RESULT
     if not folder or not ref.is_file():
         return None
-    big = max(folder, key=lambda e: e["n"])
+    big = folder[-1]
     run = max(json.loads(ref.read_text())["runs"], key=lambda r: r["images"])
     rate = run["images"] / run["timing"]["decode_encode_s"]
     t = big["timing"]
@@ -645,11 +690,23 @@ def load_results(path: Path) -> dict[str, Any]:
 
 def merge_entry(results: dict[str, Any], entry: dict[str, Any], command: str) -> None:
     """Replace the entry of the same part, kind and size (or add it), stamped with command and date."""
-    key = (entry["part"], entry.get("kind"), entry.get("n"))
-    entry = dict(entry, command=command, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    results["entries"] = [e for e in results["entries"] if (e["part"], e.get("kind"), e.get("n")) != key]
+    key = (entry["part"], entry.get("kind"), entry.get("n"), entry.get("variant"))
+    entry = dict(entry, command=command, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), commit=_commit())
+    results["entries"] = [e for e in results["entries"]
+                          if (e["part"], e.get("kind"), e.get("n"), e.get("variant")) != key]
     results["entries"].append(entry)
-    results["entries"].sort(key=lambda e: (e["part"], e.get("kind") or "", e.get("n") or 0))
+    results["entries"].sort(key=lambda e: (e["part"], e.get("kind") or "", e.get("variant") or "", e.get("n") or 0))
+
+
+def _commit() -> str | None:
+    """The checkout's commit (``+dirty`` when tracked files differ from it), or None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "rela_fast"]).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def save_results(path: Path, results: dict[str, Any]) -> None:
@@ -673,14 +730,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-    conv = [e for e in results["entries"] if e["part"] == "convert"]
-    colours = {"idx": "C0", "tar": "C1", "folder": "C2"}
-    for kind in KINDS:
-        es = sorted((e for e in conv if e["kind"] == kind), key=lambda e: e["n"])
-        if not es:
-            continue
+    for i, (kind, es) in enumerate(convert_series(results).items()):
         ns = [e["n"] for e in es]
-        c = colours[kind]
+        c = f"C{i}"
         axes[0].plot(ns, [e["wall_s"] for e in es], "o-", color=c, label=f"{kind}: convert wall")
         axes[0].plot(ns, [e["reuse"]["wall_s"] for e in es], "s--", color=c, label=f"{kind}: no-op re-run wall")
         axes[0].plot(ns, [e["timing"]["fingerprint_s"] + e["timing"]["listing_s"] for e in es], "^:", color=c,
@@ -791,6 +843,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "unless --n names more)")
     p.add_argument("--scores", help="trainer N, comma-separated (default 1e5,1e6,1e7)")
     p.add_argument("--no-ddp", action="store_true", help="skip the 2-process gloo merge")
+    p.add_argument("--variant", choices=sorted(VARIANTS), help="convert with a proposed fix swapped in (recorded "
+                   "apart from the plain runs)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder (results.json, plot.png, README.md)")
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "rela-bench-scale-data",
                    help="where generated inputs are cached")
@@ -807,7 +861,8 @@ def _command(argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.child:
-        Path(args.child_json).write_text(json.dumps(child_convert(args.child[1], args.child[2], args.child[0])))
+        record = child_convert(args.child[1], args.child[2], args.child[0], args.variant)
+        Path(args.child_json).write_text(json.dumps(record))
         return 0
     parts = args.part or ["convert", "train", "step", "fit"]
     path = args.out / "results.json"
@@ -820,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         if "convert" in parts:
             for kind in args.kind or KINDS:
                 for n in _sizes(args.n, [10**4, 10**5, 10**6] if kind == "idx" else [10**4, 10**5]):
-                    entry = measure_convert(kind, n, args.data, scratch)
+                    entry = measure_convert(kind, n, args.data, scratch, args.variant)
                     _log(f"convert {kind} n={n}: wall {entry['wall_s']} s, peak anon {entry['peak_anon_mb']} MB, "
                          f"re-run {entry['reuse']['wall_s']} s")
                     merge_entry(results, entry, command)

@@ -71,7 +71,7 @@ def convert(
         cuda_graph=cuda_graph, num_threads=num_threads, verify_content=bool(verify_content),
     )
     rank, world = rank_and_world()
-    inputs = open_inputs(settings, src, prior, weights, labels, world)
+    inputs = open_inputs(settings, src, prior, weights, labels, world, timing)
     lock = output_lock(settings.out) if rank == 0 else None
     try:
         broadcast_error(world, lock.try_acquire() if lock is not None else None)
@@ -92,7 +92,8 @@ class _Run:
 
     def run(self) -> TargetStore:
         broadcast_error(self.world, self._claims() if self.rank == 0 else None)
-        decision = decide(self.settings, self.inputs)
+        with self.timing.stage("reuse_check_s"):
+            decision = decide(self.settings, self.inputs)
         if decision.store is not None:
             log(self.talk, f"{self.settings.out} is up to date ({len(decision.store)} x {decision.store.dim})")
             if self.rank == 0 and not self.settings.keep_features:
@@ -101,15 +102,17 @@ class _Run:
         if decision.stale:
             log(self.talk, f"{self.settings.out} is stale ({decision.stale}); updating it")
         log(self.talk, dim_choice(self.settings.dim, self.inputs.dim, self.inputs.feature_dim))
-        self._prepare()
-        finished = self.plan.finished()
+        with self.timing.stage("prepare_s"):
+            self._prepare()
+            finished = self.plan.finished()
         reused = len(finished)
         pending = [s for s in self.plan.shards if s.index not in finished]
         if reused:
             log(self.talk, f"resuming, {reused} of {len(self.plan)} shard(s) already done")
         merge = OrderedMerge(self.plan.shards, self.inputs.device) if self.world == 1 else None
         if merge is not None:
-            merge.advance(finished)
+            with self.timing.stage("shard_moments_s"):
+                merge.advance(finished)
         self.timing.loop = time.perf_counter()
         self.timing.processed = self._encode(pending[self.rank :: self.world], merge, finished)
         self.timing.encoded = time.perf_counter()
@@ -152,7 +155,8 @@ class _Run:
             raise RuntimeError(f"conversion incomplete: shards {missing[:5]} missing after every rank finished")
         if merge is None:
             merge = OrderedMerge(self.plan.shards, self.inputs.device)
-        merge.advance({s.index for s in self.plan.shards})
+        with self.timing.stage("shard_moments_s"):
+            merge.advance({s.index for s in self.plan.shards})
         store = Finalizer(self.inputs, self.settings, self.plan, self.timing, self.world, reused).run(merge.total)
         if not self.settings.keep_features:
             remove_if_ours(self.settings.work)

@@ -1,0 +1,83 @@
+"""The scale benchmark (benchmarks/bench_scale.py, issue 25): its fit against known power laws, its overhead
+arithmetic, and a smoke run at 1,000 images / scores whose measurements are checked against what the
+conversion and the checkpoint must at least have written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "benchmarks" / "bench_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0, 1.37, 2.0])
+def test_exponent_recovers_a_power_law(bench, power):
+    rng = np.random.default_rng(int(power * 100))
+    ns = [int(n) for n in rng.integers(1_000, 10**7, size=4)]
+    c = float(rng.uniform(1e-6, 1.0))
+    fit = bench.exponent(ns, [c * n**power for n in ns])
+    assert fit["fit"] == pytest.approx(power, abs=1e-3)
+    assert fit["top"] == pytest.approx(power, abs=1e-3)
+    assert fit["sizes"] == sorted(ns) and fit["max"] == pytest.approx(c * max(ns) ** power, rel=1e-9)
+
+
+def test_exponent_needs_two_sizes(bench):
+    assert bench.exponent([1000], [1.0]) is None
+    assert bench.exponent([1000, 1000], [1.0, 2.0]) is None
+    assert bench.exponent([1000, 2000], [0.0, 2.0]) is None  # a zero has no logarithm
+
+
+def test_step_overhead_spreads_epoch_costs_over_the_epoch(bench):
+    n, byol = 10**6, 0.8
+    steps = bench.BUDGET * n / bench.STEP_BATCH
+    train = {"part": "train", "n": n, "update_step_s": 1e-4, "save_s": 0.5, "ddp_merge_s": 0.25,
+             "epoch_start_s": {"random": 1.0, "infobatch": 2.0}}
+    small = dict(train, n=1000, update_step_s=1.0)  # only the largest N counts
+    results = {"entries": [small, train, {"part": "step", "byol_step_s": byol}]}
+    got = bench.step_overhead(results)
+    expected = 1e-4 + (2.0 + 0.5 + 0.25) / steps
+    assert got["n"] == n and got["overhead_per_step_s"] == pytest.approx(expected, abs=1e-6)
+    assert got["share"] == pytest.approx(expected / byol, abs=1e-5) and got["ok"] is (expected / byol <= 0.05)
+
+
+def test_smoke_run(bench, tmp_path):
+    """1,000 IDX images converted and re-run in child processes; trainer bookkeeping at 1,000 and 4,000 scores."""
+    out = tmp_path / "results"
+    argv = ["--part", "convert", "--part", "train", "--part", "fit", "--kind", "idx", "--n", "1000",
+            "--scores", "1000,4000", "--no-ddp", "--out", str(out), "--data", str(tmp_path / "data")]
+    assert bench.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    conv = next(e for e in results["entries"] if e["part"] == "convert")
+    assert conv["count"] == 1000 and conv["kind"] == "idx"
+    assert conv["store_bytes"] >= 1000 * bench.DIM * 4  # at least the float32 targets
+    assert conv["written_bytes"] >= conv["store_bytes"]  # the store was written by the child
+    assert conv["inputs_bytes"] == 16 + 1000 * 28 * 28 + 8 + 1000  # the IDX images and labels files
+    assert 0 < conv["peak_anon_mb"] <= conv["peak_rss_mb"] + 1
+    timing = conv["timing"]
+    stages = sum(timing[k] for k in ("listing_s", "prior_s", "fingerprint_s", "encode_call_s", "decode_wait_s",
+                                     "shard_write_s", "pca_fit_s", "targets_pass_s"))
+    assert 0 < stages <= timing["total_s"] <= conv["convert_s"] <= conv["wall_s"]
+    assert conv["reuse"]["timing"]["encode_call_s"] == 0  # the re-run encoded nothing
+    assert conv["reuse"]["timing"]["fingerprint_s"] > 0
+    train = sorted((e for e in results["entries"] if e["part"] == "train"), key=lambda e: e["n"])
+    assert [e["n"] for e in train] == [1000, 4000]
+    for e in train:  # the ScoreBook's four int32/float32 vectors at least
+        assert e["checkpoint_bytes"] >= 16 * e["n"]
+        assert set(e["epoch_start_s"]) == {"random", "topk", "bottomk", "weighted", "infobatch", "infobatch_budget"}
+    fits = results["fits"]["exponents"]["train"]
+    assert fits["checkpoint_bytes"]["fit"] == pytest.approx(1.0, abs=0.1)  # bytes grow linearly with N
+    assert (out / "plot.png").stat().st_size > 0
+    readme = (out / "README.md").read_text()
+    assert "epoch_start.infobatch" in readme and "--scores 1000,4000" in readme
