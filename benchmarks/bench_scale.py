@@ -202,25 +202,9 @@ def _capture_timing() -> list:
     return made
 
 
-def _chunked_entry_keys(self) -> list[str]:
-    """A proposed ``Source.entry_keys`` (rela_fast/data/sources.py): rows go to the thread pool in blocks of
-    4,096, not one future each (``ThreadPoolExecutor.map`` ignores ``chunksize``); array sources hash their
-    rows once, in one thread, instead of in every pool thread that finds the digests missing."""
-    n = len(self)
-    if hasattr(self, "_digests"):  # IDX / array rows
-        if self._digests is None:
-            self._digests = [hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in self._data]
-        return [f"{path}|{digest}" for path, digest in zip(self.paths, self._digests)]
-    if n < 2048:
-        return [self.entry_key(i) for i in range(n)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(8) as pool:
-        blocks = pool.map(lambda s: [self.entry_key(i) for i in range(s, min(n, s + 4096))], range(0, n, 4096))
-        return [key for block in blocks for key in block]
-
-
-VARIANTS = {"chunked-keys": _chunked_entry_keys}
+# proposed fixes of files outside this benchmark, swapped in by --variant to measure them before they land;
+# none pending (the first, "chunked-keys", is Source.entry_keys in rela_fast/data/sources.py since issue 25)
+VARIANTS: dict[str, Any] = {}
 
 
 def _apply_variant(variant: str | None) -> None:

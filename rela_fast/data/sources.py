@@ -39,6 +39,8 @@ FASHION_MNIST_CLASSES = [
 ]
 _TAR_LABEL_EXTENSIONS = ("cls",)
 _IDX_UBYTE = 0x08
+_KEY_BLOCK = 4096  # rows per thread-pool task in Source.entry_keys
+_DIGEST_LOCK = threading.Lock()  # one hashing pass over an array source's rows
 
 
 class Source:
@@ -100,12 +102,18 @@ class Source:
         raise NotImplementedError
 
     def entry_keys(self) -> list[str]:
-        """``entry_key(i)`` for every row (file stats run on a few threads: helps on network file systems)."""
+        """``entry_key(i)`` for every row (file stats run on a few threads: helps on network file systems).
+
+        Rows go to the threads in blocks: ``ThreadPoolExecutor.map`` ignores ``chunksize``, and one future
+        per row cost ~2 KB of memory that the process kept (2 GB at 10^6 rows) and ~40 us a row
+        (benchmarks/bench_scale.py)."""
         n = len(self)
         if n < 2048:
             return [self.entry_key(i) for i in range(n)]
         with ThreadPoolExecutor(8) as pool:
-            return list(pool.map(self.entry_key, range(n), chunksize=1024))
+            blocks = pool.map(lambda s: [self.entry_key(i) for i in range(s, min(n, s + _KEY_BLOCK))],
+                              range(0, n, _KEY_BLOCK))
+            return [key for block in blocks for key in block]
 
     def fingerprint(self, keys: Sequence[str] | None = None) -> dict[str, Any]:
         """``{"kind", "count", "root", "digest", "labels_digest"}``; ``digest`` is sha256 over all entry keys.
@@ -516,7 +524,7 @@ class _ArrayRows(Source):
 
     _layout: str  # "NHW", "NHWC" or "NCHW"
     _data: np.ndarray
-    _digests: list[str] | None = None
+    _keys: list[str] | None = None
 
     def array(self) -> np.ndarray:
         """All images as one uint8 array, (N, H, W) or (N, H, W, C); a view of the data where possible
@@ -531,10 +539,21 @@ class _ArrayRows(Source):
             row = row[:, :, 0]
         return np.ascontiguousarray(row)
 
+    def _row_keys(self) -> list[str]:
+        """Every row's entry key (``path|content digest``), computed once (under a lock: threads asking at
+        once hash the rows once, not once each); the digests themselves are not kept (78 bytes a row)."""
+        if self._keys is None:
+            with _DIGEST_LOCK:
+                if self._keys is None:
+                    self._keys = [f"{path}|{hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest()}"
+                                  for path, row in zip(self.paths, self._data)]
+        return self._keys
+
     def entry_key(self, i: int) -> str:
-        if self._digests is None:
-            self._digests = [hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in self._data]
-        return f"{self.paths[i]}|{self._digests[i]}"
+        return self._row_keys()[i]
+
+    def entry_keys(self) -> list[str]:
+        return list(self._row_keys())
 
 
 class ArraySource(_ArrayRows):
