@@ -25,6 +25,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -262,6 +263,81 @@ def _fresh_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return work
 
 
+@dataclass
+class _Fusion:
+    """One build's state: encoder, caller's model (to rebuild from), probes, references, and passes kept."""
+
+    enc: InferenceEncoder
+    model: nn.Module
+    verify: bool
+    scripted: bool
+    check_size: int
+    probe_u8: torch.Tensor  # 2 images at the check size
+    probe: torch.Tensor  # its first image normalised, for the data-flow probes
+    want: torch.Tensor | None  # the unfused output on probe_u8 (None when not verifying at the real size)
+    full_u8: torch.Tensor  # 1 image at the real size
+    want_full: torch.Tensor | None  # the unfused output on full_u8 (only when check_size < S and verifying)
+    applied: list[Callable[[], object]] = field(default_factory=list)
+
+    def rebuild(self, passes: list[Callable[[], object]]) -> None:
+        """Start again from a fresh copy of the caller's model and replay ``passes``: undo after an in-place write."""
+        enc = self.enc
+        enc.model = _fresh_copy(self.model, enc.device)
+        enc._norm_folded, enc._channels_last, enc.dtype = False, False, torch.float32
+        for apply in passes:
+            apply()
+
+    def attempt(self, name: str, apply: Callable[[], object], rtol: float = VERIFY_RTOL) -> None:
+        """Apply one pass and keep it only when it did something and still matches the unfused model."""
+        enc = self.enc
+        snapshot = _Snapshot(enc)
+        try:
+            if apply() == []:
+                raise RuntimeError("nothing to apply it to")
+            if self.verify:
+                with torch.inference_mode():
+                    err = relative_error(enc._forward(self.probe_u8), self.want)
+                if not err <= rtol:
+                    raise RuntimeError(f"fused output differs from the unfused model (relative error {err:.2e})")
+        except Exception as exc:  # noqa: BLE001 - a pass that cannot apply is skipped, never fatal
+            if not snapshot.restore(enc):
+                self.rebuild(self.applied)
+            enc.skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return
+        enc.fusions.append(name)
+        self.applied.append(apply)
+
+    # The passes: each changes enc in place; replayed as they are by rebuild.
+    def freeze(self) -> None:
+        """TorchScript: torch.jit.freeze (folds conv + BN itself)."""
+        self.enc.model = torch.jit.freeze(self.enc.model)
+
+    def fold_batchnorm(self) -> list:
+        """Fold BatchNorm into the convolutions that feed it (found by data flow on the probe)."""
+        return fold_batchnorm(self.enc.model, self.probe)
+
+    def fold_normalization(self) -> None:
+        """Fold the pixel mean / std into the first convolution; the encoder then feeds raw 0..255 pixels."""
+        enc = self.enc
+        fold_normalization(enc.model, enc.cfg.mean, enc.cfg.std, example=self.probe, size=enc.input_size)
+        enc._norm_folded = True
+
+    def channels_last(self) -> None:
+        """NHWC memory format for the weights (eager modules) and the inputs."""
+        if not self.scripted:
+            to_channels_last(self.enc.model)
+        self.enc._channels_last = True
+
+    def prepack(self) -> list:
+        """oneDNN convolutions with weights reordered once and activations fused (CPU)."""
+        if not mkldnn_conv_available():
+            raise RuntimeError("this torch build has no oneDNN inference convolution")
+        enc = self.enc
+        example = self.probe_u8[:1].float() if enc._norm_folded else self.probe
+        fmt = torch.channels_last if enc._channels_last else torch.contiguous_format
+        return prepack_convolutions(enc.model, example.contiguous(memory_format=fmt), enc.dtype)
+
+
 def build_encoder(
     model: nn.Module,
     cfg: PriorConfig,
@@ -300,117 +376,92 @@ def build_encoder(
     if tune_allocator is None:
         tune_allocator = device.type == "cpu"
     tuned = tune_cpu_allocator() if tune_allocator else _allocator_tuned
-    work = _fresh_copy(model, device)
-    enc = InferenceEncoder(work, cfg, device, size, torch.float32, batch_size, False, False)
+    enc = InferenceEncoder(_fresh_copy(model, device), cfg, device, size, torch.float32, batch_size, False, False)
     enc.allocator_tuned = tuned
-    scripted = isinstance(work, torch.jit.ScriptModule)
+    fusion = _references(enc, model, verify, seed)
+    _run_passes(fusion, dtype, channels_last, prepack)
+    _check_full_size(fusion)
+    _accelerate(enc, batch_size, compile, cuda_graph, tensorrt)
+    return enc
 
-    # references from the unfused copy: 2 images at the check size, 1 at the real size
+
+def _references(enc: InferenceEncoder, model: nn.Module, verify: bool, seed: int) -> _Fusion:
+    """Draw the probes and their unfused references: 2 images at the check size (S if it fails), 1 at S."""
+    size, device = enc.input_size, enc.device
     gen = torch.Generator().manual_seed(seed)
     full_u8 = torch.randint(0, 256, (1, 3, size, size), generator=gen, dtype=torch.uint8).to(device)
     check_size = min(size, VERIFY_SIZE)
     probe_u8 = torch.randint(0, 256, (2, 3, check_size, check_size), generator=gen, dtype=torch.uint8).to(device)
     with torch.no_grad():
-        want = None
-        if check_size < size:
-            try:
-                want = enc._forward(probe_u8)
-                if want.shape[1] != enc.feature_dim or not bool(torch.isfinite(want).all()):
-                    want = None
-            except Exception:  # noqa: BLE001 - the model needs its real size: check there
-                want = None
+        want = _reference_at_check_size(enc, probe_u8) if check_size < size else None
         if want is None:
             check_size = size
             probe_u8 = torch.randint(0, 256, (2, 3, size, size), generator=gen, dtype=torch.uint8).to(device)
             want = enc._forward(probe_u8) if verify else None
         want_full = enc._forward(full_u8) if verify and check_size < size else None
     probe = enc._pixel_scale * (probe_u8[:1].float() - enc._pixel_mean)  # normalised, for data-flow probes
+    scripted = isinstance(enc.model, torch.jit.ScriptModule)
+    return _Fusion(enc, model, verify, scripted, check_size, probe_u8, probe, want, full_u8, want_full)
 
-    applied: list[Callable[[], object]] = []
 
-    def rebuild(passes: list[Callable[[], object]]) -> None:
-        enc.model = _fresh_copy(model, device)
-        enc._norm_folded, enc._channels_last, enc.dtype = False, False, torch.float32
-        for apply in passes:
-            apply()
+def _reference_at_check_size(enc: InferenceEncoder, probe_u8: torch.Tensor) -> torch.Tensor | None:
+    """The unfused output on the small probe, or None when the model fails or gives no usable features there."""
+    try:
+        want = enc._forward(probe_u8)
+        if want.shape[1] == enc.feature_dim and bool(torch.isfinite(want).all()):
+            return want
+    except Exception:  # noqa: BLE001 - the model needs its real size: check there
+        pass
+    return None
 
-    def attempt(name: str, apply: Callable[[], object], rtol: float = VERIFY_RTOL) -> None:
-        snapshot = _Snapshot(enc)
-        try:
-            if apply() == []:
-                raise RuntimeError("nothing to apply it to")
-            if verify:
-                with torch.inference_mode():
-                    err = relative_error(enc._forward(probe_u8), want)
-                if not err <= rtol:
-                    raise RuntimeError(f"fused output differs from the unfused model (relative error {err:.2e})")
-        except Exception as exc:  # noqa: BLE001 - a pass that cannot apply is skipped, never fatal
-            if not snapshot.restore(enc):
-                rebuild(applied)
-            enc.skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return
-        enc.fusions.append(name)
-        applied.append(apply)
 
-    if scripted:
-
-        def freeze() -> None:
-            enc.model = torch.jit.freeze(enc.model)
-
-        attempt("jit_freeze", freeze)
+def _run_passes(fusion: _Fusion, dtype: torch.dtype, channels_last: bool, prepack: bool) -> None:
+    """Attempt each fusion pass in the documented order; each is verified and undone on its own."""
+    enc = fusion.enc
+    if fusion.scripted:
+        fusion.attempt("jit_freeze", fusion.freeze)
     else:
-        attempt("fold_batchnorm", lambda: fold_batchnorm(enc.model, probe))
-
-        def fold_norm() -> None:
-            fold_normalization(enc.model, cfg.mean, cfg.std, example=probe, size=size)
-            enc._norm_folded = True
-
-        attempt("fold_normalization", fold_norm)
+        fusion.attempt("fold_batchnorm", fusion.fold_batchnorm)
+        fusion.attempt("fold_normalization", fusion.fold_normalization)
     if channels_last:
-
-        def layout() -> None:
-            if not scripted:
-                to_channels_last(enc.model)
-            enc._channels_last = True
-
-        attempt("channels_last", layout)
-
+        fusion.attempt("channels_last", fusion.channels_last)
     if dtype != torch.float32:
 
         def reduce() -> None:
             enc.dtype = dtype
 
-        attempt(f"autocast_{str(dtype).replace('torch.', '')}", reduce, REDUCED_RTOL)
-    if prepack and device.type == "cpu" and not scripted:
+        fusion.attempt(f"autocast_{str(dtype).replace('torch.', '')}", reduce, REDUCED_RTOL)
+    if prepack and enc.device.type == "cpu" and not fusion.scripted:
+        fusion.attempt("mkldnn_prepack", fusion.prepack, tolerance(enc.dtype))
 
-        def pack() -> list:
-            if not mkldnn_conv_available():
-                raise RuntimeError("this torch build has no oneDNN inference convolution")
-            example = probe_u8[:1].float() if enc._norm_folded else probe
-            fmt = torch.channels_last if enc._channels_last else torch.contiguous_format
-            return prepack_convolutions(enc.model, example.contiguous(memory_format=fmt), enc.dtype)
 
-        attempt("mkldnn_prepack", pack, tolerance(enc.dtype))
+def _check_full_size(fusion: _Fusion) -> None:
+    """When the passes were checked below S, run the whole fused stack once at S; on a mismatch undo every pass."""
+    enc, size = fusion.enc, fusion.enc.input_size
+    if not (fusion.verify and fusion.check_size < size and enc.fusions):
+        return
+    with torch.inference_mode():
+        err = relative_error(enc._forward(fusion.full_u8), fusion.want_full)
+    if not err <= tolerance(enc.dtype):
+        reason = f"whole fused stack differs at S={size} (relative error {err:.2e}); all passes undone"
+        fusion.rebuild([])
+        enc.skipped.update(dict.fromkeys(enc.fusions, reason))
+        enc.fusions = []
 
-    if verify and check_size < size and enc.fusions:  # the whole stack once at the real size
-        with torch.inference_mode():
-            err = relative_error(enc._forward(full_u8), want_full)
-        if not err <= tolerance(enc.dtype):
-            reason = f"whole fused stack differs at S={size} (relative error {err:.2e}); all passes undone"
-            rebuild([])
-            enc.skipped.update(dict.fromkeys(enc.fusions, reason))
-            enc.fusions = []
 
+def _accelerate(
+    enc: InferenceEncoder, batch_size: int | None, compile_: bool, cuda_graph: bool, tensorrt: bool
+) -> None:
+    """The opt-in wrappers around the fused forward: torch-tensorrt or torch.compile, then CUDA-graph capture."""
     if tensorrt:
-        _tensorrt(enc, size, enc.dtype)
-    elif compile:
+        _tensorrt(enc, enc.input_size, enc.dtype)
+    elif compile_:
         enc._step = torch.compile(enc._forward, dynamic=False)
         enc.fusions.append("torch_compile")
     if cuda_graph:
         enc.batch_size = batch_size or 128
-        enc._graph = _GraphRunner(enc._step, enc.batch_size, size, device)
+        enc._graph = _GraphRunner(enc._step, enc.batch_size, enc.input_size, enc.device)
         enc.fusions.append(f"cuda_graph_b{enc.batch_size}")
-    return enc
 
 
 def _tensorrt(enc: InferenceEncoder, size: int, dtype: torch.dtype) -> None:
