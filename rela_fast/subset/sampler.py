@@ -28,8 +28,7 @@ import torch
 from torch.utils.data import Sampler
 
 from rela_fast.errors import UserError
-from rela_fast.ops.select import stream_keys
-from rela_fast.ops.select.reference import hash32
+from rela_fast.ops.select import random_bits, stream_keys
 from rela_fast.subset.policies import (
     UNBUDGETED,
     WEIGHTED_POLICIES,
@@ -148,10 +147,14 @@ class EpochSubset(Sampler[int]):
         self._dense = None
 
     def _permutation(self, k: int) -> torch.Tensor:
-        """The shuffle: sort by a keyed hash of the position (a bijection: no ties, no torch RNG involved)."""
+        """The shuffle: sort by a keyed hash of the position (a bijection: no ties, no torch RNG involved).
+
+        The hash comes from the kernel backend (bit-identical to ``reference.hash32``): the reference's ~30
+        int64 passes over fresh 40 MB tensors took 2.0 s of a 2.8 s epoch start at 10^7 scores
+        (benchmarks/bench_scale.py)."""
         if not self.shuffle:
             return torch.arange(k)
-        return torch.argsort(hash32(torch.arange(k), stream_keys(self.seed, self.epoch, _SHUFFLE_SALT)))
+        return torch.argsort(random_bits(k, stream_keys(self.seed, self.epoch, _SHUFFLE_SALT), device="cpu"))
 
     def indices(self) -> torch.Tensor:
         """This epoch's whole global subset in its shuffled order (CPU int64), the same on every rank."""
