@@ -553,7 +553,7 @@ def convert_quantities(entry: dict[str, Any]) -> dict[str, float]:
 
 
 def train_quantities(entry: dict[str, Any]) -> dict[str, float]:
-    q = {f"epoch_start.{p}": v for p, v in entry["epoch_start_s"].items()}
+    q = {f"epoch_start.{p}_s": v for p, v in entry["epoch_start_s"].items()}
     q.update({k: entry[k] for k in ("update_step_s", "save_s", "resume_s", "checkpoint_bytes", "ddp_merge_s")
               if k in entry})
     return q
@@ -587,10 +587,15 @@ def fit_all(results: dict[str, Any]) -> dict[str, Any]:
     return {"exponents": fits, "goals": goals(results, fits)}
 
 
+def is_time(quantity: str) -> bool:
+    """A duration in seconds (``..._s``), not a rate such as ``images_per_s``."""
+    return quantity.endswith("_s") and not quantity.endswith("per_s")
+
+
 def goals(results: dict[str, Any], fits: dict[str, Any]) -> dict[str, Any]:
     """The issue's bounds: time exponents, flat anonymous RSS, per-step overhead at the largest N."""
     slow = [f"{g}:{q} {f['fit']}" for g, qs in fits.items() for q, f in qs.items()
-            if q.endswith("_s") and f["max"] >= 0.01 and f["fit"] > TIME_EXPONENT_GOAL]
+            if is_time(q) and f["max"] >= 0.01 and f["fit"] > TIME_EXPONENT_GOAL]
     rss = {}
     for name, entries in convert_series(results).items():
         if len(entries) >= 2:
@@ -627,12 +632,14 @@ def imagenet_estimate(results: dict[str, Any]) -> dict[str, Any] | None:
     """ImageNet-1k (1.28 M JPEGs, resnet18 at 224, this CPU), as estimates: decode + encode at the rate
     measured for 10,000 ImageNet-like JPEGs (``RESNET18_RESULT``), plus this benchmark's per-image
     bookkeeping (everything but decode and encode) of the largest image-folder run, plus disk from bytes
-    per image (targets N x d float32; shards N x P float32 + row ids; source.json as measured here)."""
-    folder = convert_series(results).get("folder")
+    per image (targets N x d float32; shards N x P float32 + row ids; source.json as measured here). Without
+    an image-folder run the largest IDX run stands in (its bookkeeping has no file stats or JPEG reads)."""
+    series = convert_series(results)
+    runs = series.get("folder") or series.get("idx")
     ref = REPO / RESNET18_RESULT
-    if not folder or not ref.is_file():
+    if not runs or not ref.is_file():
         return None
-    big = folder[-1]
+    big = runs[-1]
     run = max(json.loads(ref.read_text())["runs"], key=lambda r: r["images"])
     rate = run["images"] / run["timing"]["decode_encode_s"]
     t = big["timing"]
@@ -645,7 +652,7 @@ def imagenet_estimate(results: dict[str, Any]) -> dict[str, Any] | None:
     stores = {d: IMAGENET_N * (d * 4 + 16 + meta_per_image) / gb for d in (512, 128)}
     return {
         "images": IMAGENET_N, "resnet18_images_per_s": round(rate, 1), "rate_from": RESNET18_RESULT,
-        "bookkeeping_us_per_image": round(per_image * 1e6, 1), "bookkeeping_from": f"folder n={big['n']}",
+        "bookkeeping_us_per_image": round(per_image * 1e6, 1), "bookkeeping_from": f"{big['kind']} n={big['n']}",
         "conversion_hours": round(hours, 1), "work_folder_gb": round(shards, 2),
         "store_gb": {f"d={d}": round(v, 2) for d, v in stores.items()},
         "peak_disk_gb": {f"d={d}": round(shards + v, 2) for d, v in stores.items()},
@@ -724,6 +731,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         _linear_ref(axes[0], ns, es[0]["wall_s"], ns[0])
         axes[1].plot(ns, [e["peak_anon_mb"] for e in es], "o-", color=c, label=f"{kind}: peak anonymous RSS")
         axes[1].plot(ns, [e["peak_rss_mb"] for e in es], "s--", color=c, label=f"{kind}: peak RSS (with file pages)")
+        axes[1].plot([ns[0], ns[-1]], [es[0]["peak_anon_mb"] * (1 + RSS_FLAT_GOAL)] * 2, ":", color=c, lw=1,
+                     label=f"{kind}: goal, anonymous +{RSS_FLAT_GOAL:.0%}")
     train = sorted((e for e in results["entries"] if e["part"] == "train"), key=lambda e: e["n"])
     if train:
         ns = [e["n"] for e in train]
@@ -734,11 +743,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if all(key in e for e in train):
                 axes[2].plot(ns, [e[key] for e in train], style, color="k", alpha=0.6, label=key)
         _linear_ref(axes[2], ns, max(train[0]["epoch_start_s"].values()), ns[0])
-    titles = ("conversion (s)", "conversion peak memory (MB)", "trainer bookkeeping (s)")
+    titles = ("conversion (s); dotted: linear reference", "conversion peak memory (MB); dotted: the goal",
+              "trainer bookkeeping (s); dotted: linear reference")
     for ax, title, xl in zip(axes, titles, ("images", "images", "scores N")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(title + "; dotted: linear reference")
+        ax.set_title(title)
         ax.set_xlabel(xl)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
@@ -764,7 +774,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                                     "value at largest size |", "|---|---|---|---|---|"]
     for group, qs in fits.items():
         for q, f in qs.items():
-            unit = " B" if q.endswith("_bytes") else " s"
+            unit = " B" if q.endswith("_bytes") else " s" if is_time(q) else ""
             lines.append(f"| {group} | {q} | {f['fit']:.2f} | {f['top']:.2f} | {_fmt(f['max'])}{unit} "
                          f"(n={f['sizes'][-1]:,}) |")
     g = results["fits"]["goals"]

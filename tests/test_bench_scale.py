@@ -146,3 +146,10 @@ def test_epoch_shuffle_is_the_reference_hash_order():
         subset = select_subset(n, sampler.k, "random", seed=seed, epoch=epoch)
         order = torch.argsort(hash32(torch.arange(subset.numel()), stream_keys(seed, epoch, _SHUFFLE_SALT)))
         assert torch.equal(sampler.indices(), subset[order])
+
+
+def test_goal_counts_epoch_starts_as_times_and_rates_not(bench):
+    fits = {"train": {"epoch_start.random_s": {"fit": 1.3, "max": 0.7}},
+            "convert.idx": {"stage.images_per_s": {"fit": 1.5, "max": 5000.0}, "wall_s": {"fit": 1.0, "max": 9.0}}}
+    got = bench.goals({"entries": []}, fits)
+    assert got["time_exponents_over_goal"] == ["train:epoch_start.random_s 1.3"] and not got["time_exponents_ok"]
