@@ -12,7 +12,8 @@ committed 3-seed headline result (45 min per run on one core; ``live_reference``
 table and the plot give probe accuracy against steps and wall time for every row, where each curve first
 reaches BYOL 100 %'s accuracy, and the regime test: BYOL 100 % beats the pixels by >= 2 points, or the speed-up
 means little. Cost: ~820 s of CPU time over the two lanes (conversion + ReLA-BYOL, and BYOL), so about 6-7
-minutes on 2 idle cores; measured 825 s on 2 cores shared with other jobs at load average 3.3-4.1.
+minutes on 2 idle cores (measured: 413 s wall, 742 s CPU, load average 0.6 at the start); 825 s on 2 cores
+shared with other jobs at load average 3.3-4.1.
 
 The building blocks (:func:`load_fashion_mnist`, :class:`Prober`, :func:`convert_with`, :func:`make_trainer`)
 are what ``benchmarks/headline.py`` runs its rows with, so the demo's rows and the committed ones are the same
