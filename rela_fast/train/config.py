@@ -53,6 +53,14 @@ def _kinds(tp: Any) -> tuple[set[type], bool]:
     return kinds, type(None) in args
 
 
+class SettingError(UserError):
+    """A bad value of one setting; ``key`` is its dotted name, so the keyword form can name its own alias."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def _check_field(owner: str, f: Any, value: Any, tp: Any) -> Any:
     """``value`` converted to the field's type (an int where a float is wanted), or a one-line UserError."""
     name, meta = f"{owner}{f.name}", f.metadata
@@ -60,7 +68,7 @@ def _check_field(owner: str, f: Any, value: Any, tp: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise UserError(f"{name}: must be set (got None)")
+        raise SettingError(name, f"{name}: must be set (got None)")
     if bool in kinds and isinstance(value, bool):
         return value
     if isinstance(value, bool) or not any(isinstance(value, k) for k in kinds):
@@ -68,9 +76,9 @@ def _check_field(owner: str, f: Any, value: Any, tp: Any) -> Any:
             value = float(value)
         else:
             want = " or ".join(sorted(k.__name__ for k in kinds))
-            raise UserError(f"{name}={value!r}: expected {want}{' or None' if optional else ''}")
+            raise SettingError(name, f"{name}={value!r}: expected {want}{' or None' if optional else ''}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{name}={value!r}: must be a finite number")
+        raise SettingError(name, f"{name}={value!r}: must be a finite number")
     if isinstance(value, int | float) and not isinstance(value, bool):
         lo, hi = meta.get("lo"), meta.get("hi")
         low_bad = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
@@ -78,14 +86,14 @@ def _check_field(owner: str, f: Any, value: Any, tp: Any) -> Any:
         if low_bad or high_bad:
             left = "(" if meta.get("lo_open") or lo is None else "["
             right = ")" if meta.get("hi_open") or hi is None else "]"
-            raise UserError(f"{name}={value!r}: must lie in {left}{'-inf' if lo is None else lo}, "
+            raise SettingError(name, f"{name}={value!r}: must lie in {left}{'-inf' if lo is None else lo}, "
                             f"{'inf' if hi is None else hi}{right}")
     choices = meta.get("choices")
     if choices and isinstance(value, str) and value not in choices:
-        raise UserError(f"{name}={value!r}: use one of {', '.join(choices)}")
+        raise SettingError(name, f"{name}={value!r}: use one of {', '.join(choices)}")
     pattern = meta.get("pattern")
     if pattern and isinstance(value, str) and re.fullmatch(pattern, value) is None:
-        raise UserError(f"{name}={value!r}: {meta['help'].split(' (')[0]}")
+        raise SettingError(name, f"{name}={value!r}: {meta['help'].split(' (')[0]}")
     return value
 
 
@@ -331,10 +339,11 @@ def config_from_keywords(config: ReLAConfig | None, method: Any, kwargs: dict[st
         changes["method"] = method.name
     try:
         return (config or ReLAConfig()).replace(**changes)
-    except UserError as err:  # name the keyword the caller wrote, beside the setting it sets
-        key = str(err).split("=", 1)[0]
-        said = next((k for k, v in KEYWORDS.items() if v == key and k != key and k in kwargs), None)
-        raise UserError(f"{said} ({err})" if said else str(err)) from None
+    except SettingError as err:  # name the keyword the caller wrote, beside the setting it sets
+        said = next((k for k in kwargs if KEYWORDS[k] == err.key and k != err.key), None)
+        if said is None:
+            raise
+        raise UserError(f"{said} ({err})") from None
 
 
 # -- the command line, built from the fields ----------------------------------------------------------
