@@ -37,7 +37,6 @@ anonymous RSS flat within 15 % from the smallest to the largest size, per-step o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -664,12 +663,10 @@ def imagenet_estimate(results: dict[str, Any]) -> dict[str, Any] | None:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = ""
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+    from rela_fast.environment import cpu_model
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem, 1), "platform": platform.platform(),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "memory_gib": round(mem, 1), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
 
 

@@ -356,9 +356,9 @@ def verdict(summary: dict, min_rounds: int) -> dict:
 def machine(args) -> dict:
     import torch
 
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor() or platform.machine())
-    return {"cpu": model, "cpu_count": os.cpu_count(), "budget_cpus": len(args.cpus),
+    from rela_fast.environment import cpu_model
+
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "budget_cpus": len(args.cpus),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.machine()}
 
 

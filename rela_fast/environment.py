@@ -71,6 +71,18 @@ def _dali_version() -> str:
     return getattr(dali, "__version__", "installed")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows: benchmark files name the machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe() -> dict[str, object]:
     """A JSON-able description of the software and hardware this process runs on."""
     ext = dispatch.cpp_extension()
