@@ -7,6 +7,8 @@ environment, so torch's default thread count is the budget's size. Variants (``@
 
 * ``public``: ``ReLATrainer`` as ``rela-fast train`` runs it (tensor views, prefetched in a producer thread by
   default on CPU; torch threads as the trainer leaves them);
+* ``public_nokeep``: the same with ``keep_memory=False`` (glibc returns freed memory to the OS each step, as
+  it does for any process that does not ask otherwise; see :mod:`rela_fast.malloc`);
 * ``public_inline``: the same with ``prefetch=0`` (augmentation in the training thread, between steps);
 * ``public_1t``: the same as ``public`` with one torch thread in the training loop (the producer beside it);
 * ``public_channels_last`` / ``public_compile`` (``--layouts``): the training step's layout and compilation;
@@ -17,6 +19,8 @@ environment, so torch's default thread count is the budget's size. Variants (``@
   no augmentation), torch's default threads: the limit for any pipeline with this budget;
 * ``floor_1t``: the same with one torch thread (on a loaded machine one thread can beat two: the goals are
   judged against the faster of the two floors);
+* ``plain_keep`` / ``floor_keep``: ``plain`` / ``floor`` with the allocator setting the trainer makes on CPU
+  (:func:`rela_fast.malloc.keep_freed_memory`), so that no goal is met by that setting alone;
 * ``floor_trainer``: ``ReLATrainer`` on pre-made views (the trainer's bookkeeping without augmentation);
 * ``fasttrainer``: the old demo's ``FastTrainer`` from a checkout (``--baseline-tree``; skipped when not given).
 
@@ -26,7 +30,7 @@ machine's CPUs, records the load averages, and measures the CPU time other proce
 (``/proc/stat`` minus this script's children). A round is ``quiet`` when its load average was within the
 bound and other processes used at most ``--max-others`` cores on average during it; medians and ratios are
 given over all rounds and over quiet rounds, the goals are judged on quiet rounds only, each against the
-faster of the baseline's two thread settings (``plain``/``plain_1t``, ``floor``/``floor_1t``). ``--transfer`` adds
+fastest of the baseline's settings (``plain``/``plain_1t``/``plain_keep``, ``floor``/``floor_1t``/``floor_keep``). ``--transfer`` adds
 the fused transfer loss (fwd + bwd at 2x1024,512,512 fp32) against eager and its matmul floor, measured in
 a child with the same budget, and the per-call cost of its argument checks. Quiet re-run (README in
 ``benchmarks/results/train_e2e/``):
@@ -57,6 +61,8 @@ import json, sys, time, torch
 cfg = json.loads(sys.argv[1])
 warm, steps, batch, size = cfg["warmup"], cfg["steps"], cfg["batch"], cfg["size"]
 if cfg.get("threads"): torch.set_num_threads(cfg["threads"])
+if cfg.get("keep"):  # the allocator setting the trainer makes on CPU (rela_fast.malloc), for the baselines
+    from rela_fast.malloc import keep_freed_memory; assert keep_freed_memory()
 def report(rate, **info):
     print("RESULT", rate); print("INFO", json.dumps(dict(info, torch_threads=torch.get_num_threads())))
 """
@@ -190,6 +196,9 @@ def variants_for(args) -> dict[str, tuple[str, dict]]:
         out[f"public{tag}"] = (_PUBLIC, {"size": size})
         out[f"plain{tag}"] = (_PLAIN, {"size": size, "workers": args.plain_workers})
         out[f"floor{tag}"] = (_PLAIN, {"size": size, "premade": True})
+        out[f"public_nokeep{tag}"] = (_PUBLIC, {"size": size, "extra": {"keep_memory": False}})
+        out[f"plain_keep{tag}"] = (_PLAIN, {"size": size, "workers": args.plain_workers, "keep": True})
+        out[f"floor_keep{tag}"] = (_PLAIN, {"size": size, "premade": True, "keep": True})
         if size == 28:
             out["public_inline"] = (_PUBLIC, {"size": size, "prefetch": 0})
             out["public_1t"] = (_PUBLIC, {"size": size, "threads": 1})
@@ -287,7 +296,17 @@ RATIOS = [  # (numerator, denominator, what it says)
     ("public", "public_inline", "prefetch on vs off"),
     ("public_1t", "public", "1 training thread + producer vs the default threads"),
     ("floor_trainer", "floor", "the trainer on pre-made views vs the bare loop on them"),
+    ("public", "public_nokeep", "freed memory kept (the default on CPU) vs returned to the OS"),
+    ("plain_keep", "plain", "the lightly-style loop with the trainer's allocator setting vs without"),
+    ("floor_keep", "floor", "the floor with the trainer's allocator setting vs without"),
+    ("public", "plain_keep", "end-to-end vs the lightly-style loop given the same allocator setting"),
+    ("public", "floor_keep", "end-to-end as a fraction of the floor with the same allocator setting"),
     ("public@64", "plain@64", "64 px: end-to-end vs the lightly-style loop (goal >= 1.5)"),
+    ("public@64", "public_nokeep@64", "64 px: freed memory kept vs returned to the OS"),
+    ("plain_keep@64", "plain@64", "64 px: the lightly-style loop with the allocator setting vs without"),
+    ("floor_keep@64", "floor@64", "64 px: the floor with the allocator setting vs without"),
+    ("public@64", "plain_keep@64", "64 px: end-to-end vs the lightly-style loop with the same allocator setting"),
+    ("public@64", "floor_keep@64", "64 px: end-to-end as a fraction of the floor with the same allocator setting"),
     ("public@64", "floor@64", "64 px: end-to-end as a fraction of the floor (goal >= 0.9)"),
     ("plain@64", "floor@64", "64 px: lightly-style loop as a fraction of the floor"),
     ("public_channels_last", "public", "channels_last vs the default layout"),
@@ -341,8 +360,8 @@ def verdict(summary: dict, min_rounds: int) -> dict:
     per = quiet["steps_per_s"]
     for key, goal in GOALS.items():
         num, den = key.split("/")
-        base = den.split("@")[0]  # against the faster of the budget's threads and one thread (plain, floor)
-        dens = [d for d in (den, den.replace(base, base + "_1t")) if per.get(d, {}).get("n")]
+        base = den.split("@")[0]  # against the fastest baseline setting: threads, one thread, allocator kept
+        dens = [d for d in (den.replace(base, base + x) for x in ("", "_1t", "_keep")) if per.get(d, {}).get("n")]
         den = max(dens, key=lambda d: per[d]["median"]) if dens else den
         n = min(per.get(num, {}).get("n", 0), per.get(den, {}).get("n", 0))
         if n < min_rounds:

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       ) from exc
 
 from rela_fast.errors import UserError
+from rela_fast.malloc import keep_memory_for
 from rela_fast.train.engine import ReLAEngine
 
 __all__ = ["ReLACallback", "ReLASampler"]
@@ -139,6 +140,7 @@ class ReLACallback(pl.Callback):
             return
         _check_strategy(trainer)
         self.engine.place(device=trainer.strategy.root_device, rank=trainer.global_rank, world=trainer.world_size)
+        keep_memory_for(self.engine.device, self.engine.config.runtime.keep_memory)
         if not isinstance(getattr(pl_module, self.backbone, None), nn.Module):
             raise UserError(f"ReLACallback(backbone={self.backbone!r}): {type(pl_module).__name__} has no such "
                             "module; pass the attribute that holds the backbone")

@@ -255,8 +255,9 @@ def crop_flip(img: torch.Tensor, spec: ViewSpec, rng) -> torch.Tensor:
 # batched tensor ops (each equals torchvision's functional op; tested against it)
 # ----------------------------------------------------------------------------------------------------
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma, as torchvision."""
-    r, g, b = x.unbind(1)
+    """(B, 3, H, W) -> (B, 1, H, W) luma, as torchvision. A (B, 1, H, W) batch stands for three equal
+    channels: the same sum over the same value three times, so it is bit-identical to the 3-channel form."""
+    r, g, b = x.unbind(1) if x.shape[1] == 3 else (x[:, 0],) * 3
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
@@ -309,7 +310,7 @@ def _hsv2rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x, f):
-    gray = (x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()
+    gray = x.shape[1] == 1 or ((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
     if gray:  # hue is exactly the identity on gray pixels (s = 0): skip the HSV round trip
         return x
     hsv = _rgb2hsv(x)
@@ -355,30 +356,47 @@ def _jitter(x: torch.Tensor, op: Jitter, draw: _Draw) -> torch.Tensor:
     order = torch.argsort(torch.rand(b, 4, generator=draw.gen), dim=1)
     factors = [draw.uniform(lo, hi) for lo, hi in op.ranges()]
     active = [j for j, v in enumerate((op.brightness, op.contrast, op.saturation, op.hue)) if v > 0]
+    if x.shape[1] == 1:  # one channel stands for three equal ones, where hue is the identity
+        active = [j for j in active if _JITTER_OPS[j] is not adjust_hue]
     if not bool(on.any()):
         return x
-    sel = on.nonzero().view(-1).to(x.device)
-    y = x.index_select(0, sel)
+    rows_on = on.nonzero().view(-1)
+    slots = order[rows_on]  # (n, 4): op number per slot of each jittered row
+    held = torch.arange(len(rows_on))  # which jittered row each row of y holds
+    y = None
     for slot in range(4):
+        # hold the rows grouped by this slot's op (stable), so each op runs on one contiguous slice of y
+        group = torch.argsort(slots[:, slot], stable=True)
+        if y is None:
+            y = x.index_select(0, rows_on.index_select(0, group).to(x.device))
+        else:
+            y = y.index_select(0, torch.argsort(held).index_select(0, group).to(x.device))
+        held = group
+        ends = torch.bincount(slots[:, slot], minlength=4).cumsum(0).tolist()
         for j in active:
-            m = (order[on, slot] == j).to(x.device)
-            if bool(m.any()):
-                rows = m.nonzero().view(-1)
-                y[rows] = _JITTER_OPS[j](y[rows], factors[j].index_select(0, sel[rows]))
-    return x.index_copy(0, sel, y)
+            lo, hi = (ends[j - 1] if j else 0), ends[j]
+            if hi > lo:
+                f = factors[j].index_select(0, rows_on.index_select(0, held[lo:hi]).to(factors[j].device))
+                y[lo:hi] = _JITTER_OPS[j](y[lo:hi], f)
+    return x.index_copy(0, rows_on.index_select(0, held).to(x.device), y)
 
 
 def _photometric(x: torch.Tensor, op, draw: _Draw) -> torch.Tensor:
     if isinstance(op, Jitter):
         return _jitter(x, op, draw)
-    if isinstance(op, Gray):
-        m = draw.coin(op.p).view(-1, 1, 1, 1)
-        return torch.where(m, grayscale(x).expand_as(x), x)
+    if isinstance(op, Gray):  # luma on the chosen rows only (p = 0.2 in every recipe)
+        m = draw.coin(op.p)
+        if not bool(m.any()):
+            return x
+        sel = m.nonzero().view(-1)
+        return x.index_copy(0, sel, grayscale(x.index_select(0, sel)).expand(-1, x.shape[1], -1, -1))
     if isinstance(op, Blur):
         m = draw.coin(op.p)
         sigma = draw.uniform(op.sigma[0], op.sigma[1])
         if not bool(m.any()):
             return x
+        if bool(m.all()):  # p = 1 (BYOL's first view): no gather and scatter of the whole batch
+            return gaussian_blur(x, op.kernel, sigma)
         sel = m.nonzero().view(-1)
         return x.index_copy(0, sel, gaussian_blur(x.index_select(0, sel), op.kernel, sigma[sel]))
     if isinstance(op, Solarize):
@@ -387,13 +405,25 @@ def _photometric(x: torch.Tensor, op, draw: _Draw) -> torch.Tensor:
     if isinstance(op, Normalize):
         mean = torch.tensor(op.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(op.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return torch.sub(x, mean).div_(std)  # (B, 1, ...) broadcasts to three channels here
     raise TypeError(f"not a photometric op: {op!r}")
 
 
-def _as_float_rgb(x: torch.Tensor) -> torch.Tensor:
-    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def one_channel(x: torch.Tensor) -> torch.Tensor:
+    """A (B, 3, H, W) batch whose three channels are equal as its first channel (B, 1, H, W); else ``x``.
+
+    Gray images (Fashion-MNIST, MNIST, gray photos decoded as RGB) stay gray through every photometric op:
+    brightness, contrast and saturation act on each channel alike, hue and grayscale leave them equal, blur
+    and solarize are per channel. So the ops run on one channel, a third of the work, and normalisation (per
+    channel) broadcasts it back to three: the same numbers, bit for bit, as running on all three.
+    """
+    if x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]):
+        return x[:, :1]
+    return x
 
 
 class BatchPhotometric:
@@ -404,11 +434,11 @@ class BatchPhotometric:
         self.ops = tuple(op for op in view_ops(spec) if not isinstance(op, Crop | Flip))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = _as_float_rgb(x)
+        x = one_channel(_as_float(x))
         draw = _Draw(generator, x.shape[0], x.device)
         for op in self.ops:
             x = _photometric(x, op, draw)
-        return x
+        return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
 def batch_boxes(gen: torch.Generator, n: int, height: int, width: int, scale, ratio) -> torch.Tensor:
@@ -465,5 +495,5 @@ class BatchViews:
         self.photometric = BatchPhotometric(spec)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = batch_crop_flip(images.float().div_(255.0), self.crop, self.flip_p, generator)
+        x = batch_crop_flip(one_channel(images).float().div_(255.0), self.crop, self.flip_p, generator)
         return self.photometric(x, generator)

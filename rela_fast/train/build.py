@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rela_fast.errors import UserError
+from rela_fast.malloc import keep_memory_for
 from rela_fast.models.backbones import create_backbone, feature_dim
 from rela_fast.train.engine import ReLAEngine
 from rela_fast.train.guards import check_inputs
@@ -51,6 +52,7 @@ def build_run(trainer: Any, data: Any) -> Run:
     init_from_env(cfg.runtime.device)
     rank, world = rank_and_world()
     device = resolve_device(cfg.runtime.device)
+    keep_memory_for(device, cfg.runtime.keep_memory)
     td = open_train_data(data, trainer.targets, trainer.rows_arg)
     check_inputs(td.targets, td.labels, cfg.subset.stratify)
     recipe = resolve_recipe(cfg.optim.recipe, batch_size=cfg.optim.batch_size, lr=cfg.optim.lr,

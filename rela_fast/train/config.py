@@ -188,6 +188,8 @@ class RuntimeConfig:
     log_every: int = setting(1, "a metrics row every N steps", lo=1, resume=False)
     progress: bool = setting(False, "progress bar on a terminal, a line every 10 s elsewhere (the CLI's default)",
                              resume=False)
+    keep_memory: bool = setting(True, "on CPU, keep freed memory for the next step instead of returning it to "
+                                "the OS each step (glibc; rela_fast.malloc)", resume=False)
     sync_bn: bool = setting(False, "SyncBatchNorm under DDP")
     online_classifier: bool = setting(True, "online linear classifier on detached features (labelled data)")
 
@@ -306,7 +308,8 @@ KEYWORDS = {  # the keyword form (ReLATrainer, ReLAEngine.create) -> the config 
     **{k: f"optim.{k}" for k in ("recipe", "batch_size", "accumulate", "lr", "optimizer", "weight_decay", "momentum",
                                  "warmup", "schedule", "freeze_head", "decay_all")},
     **{k: f"runtime.{k}" for k in ("image_size", "amp", "compile", "channels_last", "device", "batched_augment",
-                                   "checkpoint_every", "log_every", "progress", "sync_bn", "online_classifier")},
+                                   "checkpoint_every", "log_every", "progress", "sync_bn", "online_classifier",
+                                   "keep_memory")},
     "num_workers": "runtime.workers",
 }
 
