@@ -30,7 +30,8 @@ machine's CPUs, records the load averages, and measures the CPU time other proce
 (``/proc/stat`` minus this script's children). A round is ``quiet`` when its load average was within the
 bound and other processes used at most ``--max-others`` cores on average during it; medians and ratios are
 given over all rounds and over quiet rounds, the goals are judged on quiet rounds only, each against the
-fastest of the baseline's settings (``plain``/``plain_1t``/``plain_keep``, ``floor``/``floor_1t``/``floor_keep``). ``--transfer`` adds
+fastest of the baseline's settings (``plain``/``plain_1t``/``plain_keep``, ``floor``/``floor_1t``/``floor_keep``).
+``--transfer`` adds
 the fused transfer loss (fwd + bwd at 2x1024,512,512 fp32) against eager and its matmul floor, measured in
 a child with the same budget, and the per-call cost of its argument checks. Quiet re-run (README in
 ``benchmarks/results/train_e2e/``):
